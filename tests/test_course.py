@@ -1,0 +1,100 @@
+"""Tests for the notebook setup helper (utils.course) and the notebook tooling (utils.notebooks)."""
+
+import os
+import random
+import subprocess
+import sys
+
+import numpy as np
+import paddle
+import pytest
+
+from utils import course, notebooks
+
+AMD_AVX2 = "vendor_id\t: AuthenticAMD\nflags\t\t: fpu sse2 avx avx2 fma\n"
+AMD_NO_AVX2 = "vendor_id\t: AuthenticAMD\nflags\t\t: fpu sse2 avx\n"
+INTEL_AVX2 = "vendor_id\t: GenuineIntel\nflags\t\t: fpu sse2 avx avx2 fma\n"
+
+
+def draw():
+    return random.random(), np.random.rand(4), paddle.rand([4]).numpy(), paddle.randn([2, 2]).numpy()
+
+
+def test_seeding_makes_two_runs_identical():
+    course.seed_everything(123)
+    first = draw()
+    course.seed_everything(123)
+    second = draw()
+    assert first[0] == second[0]
+    for a, b in zip(first[1:], second[1:], strict=True):
+        np.testing.assert_array_equal(a, b)
+    course.seed_everything(124)
+    assert not np.array_equal(draw()[2], first[2]), "a different seed must give different numbers"
+
+
+def test_device_falls_back_to_cpu_without_cuda(monkeypatch):
+    monkeypatch.setattr(paddle, "is_compiled_with_cuda", lambda: False)
+    assert course.pick_device() == "cpu"
+    with pytest.warns(UserWarning, match="No CUDA GPU"):
+        assert course.pick_device("gpu") == "cpu"
+
+
+def test_device_is_gpu_when_one_is_present(monkeypatch):
+    monkeypatch.setattr(paddle, "is_compiled_with_cuda", lambda: True)
+    monkeypatch.setattr(paddle.device.cuda, "device_count", lambda: 1)
+    assert course.pick_device() == "gpu:0"
+    assert course.pick_device("cpu") == "cpu"
+
+
+@pytest.mark.parametrize(
+    ("cpuinfo", "expected"), [(AMD_AVX2, True), (AMD_NO_AVX2, False), (INTEL_AVX2, False), (None, False)]
+)
+def test_mkl_amd_path_only_on_amd_with_avx2(tmp_path, cpuinfo, expected):
+    path = tmp_path / "cpuinfo"
+    if cpuinfo is not None:
+        path.write_text(cpuinfo)
+    assert course.wants_mkl_amd_path(str(path)) is expected
+
+
+def test_configure_environment_never_sets_mkl_path_without_avx2(tmp_path, monkeypatch):
+    path = tmp_path / "cpuinfo"
+    path.write_text(AMD_NO_AVX2)
+    monkeypatch.delenv("MKL_DEBUG_CPU_TYPE", raising=False)
+    course.configure_environment(cpuinfo_path=str(path))
+    assert "MKL_DEBUG_CPU_TYPE" not in os.environ
+    path.write_text(AMD_AVX2)
+    course.configure_environment(cpuinfo_path=str(path))
+    assert os.environ["MKL_DEBUG_CPU_TYPE"] == "5"
+
+
+def test_math_threads_equal_the_number_of_cores():
+    """In a fresh process (paddle not yet imported), setup() gives Paddle one thread per core."""
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    code = (
+        "import os; from utils.course import setup; info = setup(quiet=True); "
+        "print(info['threads'], os.environ['OMP_NUM_THREADS'], os.environ['MKL_NUM_THREADS'])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    cores = len(os.sched_getaffinity(0))
+    assert out.stdout.split() == [str(cores)] * 3
+
+
+def test_setup_prints_one_line_with_versions_and_device(capsys):
+    info = course.setup(seed=7)
+    line = capsys.readouterr().out.strip()
+    assert "\n" not in line
+    assert f"Paddle {paddle.__version__}" in line and f"NumPy {np.__version__}" in line
+    assert f"device: {info['device']}" in line and "Python 3." in line
+    assert info["seed"] == 7
+
+
+def test_notebook_setup_cells_and_readme_table_are_current():
+    assert notebooks.check(notebooks.notebook_paths()) == []
+
+
+def test_readme_generation_replaces_only_the_marked_block():
+    text = f"intro\n{notebooks.README_START}\nold table\n{notebooks.README_END}\noutro\n"
+    new = notebooks.render_readme(text, "NEW")
+    assert new == f"intro\n{notebooks.README_START}\nNEW\n{notebooks.README_END}\noutro\n"
+    with pytest.raises(ValueError, match="markers"):
+        notebooks.render_readme("no markers here", "NEW")

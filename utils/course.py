@@ -1,0 +1,202 @@
+"""Course-wide setup: the first code cell of every notebook calls :func:`setup`.
+
+Order matters. Paddle reads its math-library settings (thread count, Intel MKL's code path) when it
+is imported, and prints a ccache warning and glog lines at import time. So :func:`configure_environment`
+sets environment variables first, and only then is ``paddle`` imported.
+"""
+
+import contextlib
+import io
+import os
+import platform
+import random
+import subprocess
+import sys
+import warnings
+
+#: The course's GitHub repository, written once. README badges and the notebooks' first cell are
+#: generated from it by ``python -m utils.notebooks`` (change it here when you fork the course).
+GITHUB_REPO = "paddlepaddle-course/cnn-basics"
+
+#: Where AI Studio mounts a user's workspace; used to recognise that platform.
+AISTUDIO_HOME = "/home/aistudio"
+
+# Import names of the packages a hosted notebook must have (requirement name -> import name).
+_HOSTED_PACKAGES = {
+    "paddlepaddle==3.3.1": "paddle",
+    "opencv-python": "cv2",
+    "scikit-learn": "sklearn",
+    "openpyxl": "openpyxl",
+    "tqdm": "tqdm",
+    "matplotlib": "matplotlib",
+}
+
+
+def cpu_count():
+    """Cores this process may run on (respects CPU affinity, unlike ``os.cpu_count``)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS and Windows have no sched_getaffinity
+        return os.cpu_count() or 1
+
+
+def _cpu_flags_and_vendor(cpuinfo_path="/proc/cpuinfo"):
+    """Return (vendor, set of flags) read from /proc/cpuinfo, or ("", set()) where it does not exist."""
+    try:
+        with open(cpuinfo_path) as f:
+            text = f.read()
+    except OSError:
+        return "", set()
+    vendor, flags = "", set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key == "vendor_id" and not vendor:
+            vendor = value.strip()
+        elif key == "flags" and not flags:
+            flags = set(value.split())
+    return vendor, flags
+
+
+def wants_mkl_amd_path(cpuinfo_path="/proc/cpuinfo"):
+    """True on an AMD CPU with AVX2, where Intel MKL otherwise takes a slow generic code path.
+
+    ``MKL_DEBUG_CPU_TYPE=5`` tells MKL to use its AVX2 kernels. It is only safe where AVX2 exists,
+    and pointless on Intel CPUs (MKL already picks the fast path there).
+    """
+    vendor, flags = _cpu_flags_and_vendor(cpuinfo_path)
+    return vendor == "AuthenticAMD" and "avx2" in flags
+
+
+def configure_environment(threads=None, cpuinfo_path="/proc/cpuinfo"):
+    """Set the environment variables Paddle reads at import time. Call before ``import paddle``.
+
+    - ``GLOG_minloglevel=2`` silences Paddle's C++ info/warning log lines on stderr.
+    - ``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS`` = number of cores (Paddle's CPU build uses one
+      math thread otherwise).
+    - ``MKL_DEBUG_CPU_TYPE=5`` on AMD CPUs with AVX2 (see :func:`wants_mkl_amd_path`).
+
+    Values already set by the user are kept. Returns the number of math threads.
+    """
+    threads = threads or int(os.environ.get("OMP_NUM_THREADS", 0)) or cpu_count()
+    os.environ.setdefault("GLOG_minloglevel", "2")
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    os.environ.setdefault("MKL_NUM_THREADS", str(threads))
+    if wants_mkl_amd_path(cpuinfo_path):
+        os.environ.setdefault("MKL_DEBUG_CPU_TYPE", "5")
+    # Paddle warns once per import that ccache is missing: irrelevant to users of the wheel.
+    warnings.filterwarnings("ignore", message=".*ccache.*")
+    return threads
+
+
+def import_paddle_quietly():
+    """Import paddle without its import-time stderr notes (it warns whenever OMP_NUM_THREADS > 1)."""
+    if "paddle" not in sys.modules:
+        with contextlib.redirect_stderr(io.StringIO()):
+            import paddle  # noqa: F401
+    return sys.modules["paddle"]
+
+
+def is_hosted():
+    """Name of the hosted notebook service we run on ("colab", "aistudio") or None."""
+    if "google.colab" in sys.modules or os.environ.get("COLAB_RELEASE_TAG"):
+        return "colab"
+    if os.path.isdir(AISTUDIO_HOME):
+        return "aistudio"
+    return None
+
+
+def install_missing_packages(packages=None):
+    """On a hosted service, pip-install the course's packages that are not importable yet.
+
+    Only missing packages are installed: re-pinning NumPy or Matplotlib on Colab would force a
+    runtime restart. Returns the list of requirements that were installed.
+    """
+    import importlib.util
+
+    packages = _HOSTED_PACKAGES if packages is None else packages
+    missing = [req for req, module in packages.items() if importlib.util.find_spec(module) is None]
+    if missing:
+        print("Installing missing packages:", ", ".join(missing))
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", *missing], check=True)
+    return missing
+
+
+def seed_everything(seed):
+    """Seed Python's ``random``, NumPy's global generator and Paddle."""
+    import numpy as np
+    import paddle
+
+    random.seed(seed)
+    np.random.seed(seed)
+    paddle.seed(seed)
+
+
+def pick_device(prefer=None):
+    """Return "gpu:0" when Paddle was built with CUDA and a GPU is present, else "cpu".
+
+    ``prefer`` ("cpu" or "gpu") overrides the choice; asking for a GPU that is not there falls
+    back to the CPU with a warning instead of failing later inside a layer.
+    """
+    import paddle
+
+    has_gpu = paddle.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0
+    if prefer == "cpu":
+        return "cpu"
+    if prefer == "gpu" and not has_gpu:
+        warnings.warn("No CUDA GPU available to Paddle: using the CPU instead.", stacklevel=2)
+        return "cpu"
+    return "gpu:0" if has_gpu else "cpu"
+
+
+def set_math_threads(threads):
+    """Set Paddle's CPU math threads (Paddle 3.3.1 has no public API; this is the internal one)."""
+    import paddle
+
+    paddle.base.core.set_num_threads(int(threads))
+
+
+def setup(seed=0, device=None, quiet=False):
+    """Configure the environment, import Paddle, seed everything, pick the device.
+
+    Returns a dict with ``device``, ``threads``, ``seed``, ``mkl_amd_path``, ``hosted`` and the
+    versions, and prints one line describing them (unless ``quiet``).
+    """
+    hosted = is_hosted()
+    if hosted:
+        install_missing_packages()
+    if "paddle" in sys.modules and "OMP_NUM_THREADS" not in os.environ and not quiet:
+        print("Note: paddle was imported before setup(); restart the kernel for the CPU settings.")
+    threads = configure_environment()
+
+    import numpy as np
+
+    paddle = import_paddle_quietly()
+    set_math_threads(threads)
+    chosen = pick_device(device)
+    paddle.set_device(chosen)
+    seed_everything(seed)
+    info = {
+        "device": chosen,
+        "threads": threads,
+        "seed": seed,
+        "mkl_amd_path": os.environ.get("MKL_DEBUG_CPU_TYPE") == "5",
+        "hosted": hosted,
+        "paddle": paddle.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+    }
+    if not quiet:
+        print(describe(info))
+    return info
+
+
+def describe(info):
+    """One line for the notebook: versions and the device."""
+    device = info["device"]
+    if device == "cpu":
+        device += f", {info['threads']} threads" + (", MKL AVX2 path" if info["mkl_amd_path"] else "")
+    return (
+        f"Paddle {info['paddle']} | NumPy {info['numpy']} | Python {info['python']} | "
+        f"device: {device} | seed {info['seed']}"
+    )
