@@ -1,0 +1,146 @@
+"""ResNet built from the course's blocks: ``ResNet(layers=50, num_classes=1)``.
+
+The original course assembles ResNet-50 from a ``ConvBNLayer`` (convolution + BatchNorm + optional
+ReLU) and a ``BottleneckBlock``. This module keeps those blocks, adds the ``BasicBlock`` that
+ResNet-18/34 use, and fixes what the course left implicit:
+
+- the stride of a bottleneck sits on its 3x3 convolution ("ResNet v1.5", as in the course and in
+  ``paddle.vision.models``), so the parameter count equals ``paddle.vision.models.resnet50``;
+- the head is one logit by default (binary classification with ``binary_cross_entropy_with_logits``),
+  initialised like the course: uniform in +-1/sqrt(fan_in);
+- ``features(x)`` returns the last convolutional feature map and ``head(f)`` maps it to logits, so
+  Grad-CAM (``utils.gradcam``) can reach the map without hooks, and ``forward = head(features(x))``
+  stays a plain, ``paddle.jit.to_static``-friendly function (no Python branching on tensor values).
+"""
+
+import math
+
+import paddle
+from paddle import nn
+
+#: Blocks per stage for each supported depth (He et al., 2016, table 1).
+STAGE_DEPTHS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
+#: Width of each stage (the bottleneck's inner width; the basic block's output width).
+STAGE_WIDTHS = (64, 128, 256, 512)
+
+
+class ConvBNLayer(nn.Layer):
+    """Conv2D (no bias: BatchNorm's beta plays that role) + BatchNorm2D + optional ReLU.
+
+    Padding is ``(kernel_size - 1) // 2`` so a stride-1 block keeps the spatial size.
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, groups=1, act=None):
+        super().__init__()
+        if act not in (None, "relu"):
+            raise ValueError(f"act must be None or 'relu', got {act!r}")
+        self.conv = nn.Conv2D(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride=stride,
+            padding=(kernel_size - 1) // 2,
+            groups=groups,
+            bias_attr=False,
+        )
+        self.bn = nn.BatchNorm2D(out_channels)
+        self.act = nn.ReLU() if act == "relu" else None
+
+    def forward(self, x):
+        x = self.bn(self.conv(x))
+        return self.act(x) if self.act is not None else x
+
+
+class BottleneckBlock(nn.Layer):
+    """1x1 reduce -> 3x3 (carries the stride) -> 1x1 expand by 4, plus the shortcut, then ReLU.
+
+    The shortcut is the identity when shapes already match, otherwise a strided 1x1 ConvBN.
+    """
+
+    expansion = 4
+
+    def __init__(self, in_channels, width, stride=1):
+        super().__init__()
+        out_channels = width * self.expansion
+        self.conv0 = ConvBNLayer(in_channels, width, 1, act="relu")
+        self.conv1 = ConvBNLayer(width, width, 3, stride=stride, act="relu")
+        self.conv2 = ConvBNLayer(width, out_channels, 1)
+        self.short = None
+        if stride != 1 or in_channels != out_channels:
+            self.short = ConvBNLayer(in_channels, out_channels, 1, stride=stride)
+        self.relu = nn.ReLU()
+
+    def forward(self, x):
+        shortcut = x if self.short is None else self.short(x)
+        return self.relu(self.conv2(self.conv1(self.conv0(x))) + shortcut)
+
+
+class BasicBlock(nn.Layer):
+    """Two 3x3 ConvBN layers (the first carries the stride) plus the shortcut, then ReLU."""
+
+    expansion = 1
+
+    def __init__(self, in_channels, width, stride=1):
+        super().__init__()
+        self.conv0 = ConvBNLayer(in_channels, width, 3, stride=stride, act="relu")
+        self.conv1 = ConvBNLayer(width, width, 3)
+        self.short = None
+        if stride != 1 or in_channels != width:
+            self.short = ConvBNLayer(in_channels, width, 1, stride=stride)
+        self.relu = nn.ReLU()
+
+    def forward(self, x):
+        shortcut = x if self.short is None else self.short(x)
+        return self.relu(self.conv1(self.conv0(x)) + shortcut)
+
+
+class ResNet(nn.Layer):
+    """ResNet-18/34/50/101/152 for ``[N, 3, H, W]`` images; returns logits ``[N, num_classes]``.
+
+    Stem: 7x7 ConvBN stride 2 + 3x3 max-pool stride 2; four stages (the first keeps the size, the
+    others halve it); global average pooling; one linear layer. Any H, W >= 32 works (the network
+    downsamples by 32), e.g. 224 as in the course or 64-112 for CPU-sized runs.
+    """
+
+    def __init__(self, layers=50, num_classes=1, in_channels=3):
+        super().__init__()
+        if layers not in STAGE_DEPTHS:
+            raise ValueError(f"layers must be one of {sorted(STAGE_DEPTHS)}, got {layers!r}")
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be at least 1, got {num_classes!r}")
+        self.layers = layers
+        self.num_classes = num_classes
+        block = BasicBlock if layers < 50 else BottleneckBlock
+        self.stem = ConvBNLayer(in_channels, 64, 7, stride=2, act="relu")
+        self.pool = nn.MaxPool2D(kernel_size=3, stride=2, padding=1)
+        stages, channels = [], 64
+        for stage, (depth, width) in enumerate(zip(STAGE_DEPTHS[layers], STAGE_WIDTHS, strict=True)):
+            blocks = []
+            for i in range(depth):
+                stride = 2 if i == 0 and stage > 0 else 1
+                blocks.append(block(channels, width, stride))
+                channels = width * block.expansion
+            stages.append(nn.Sequential(*blocks))
+        self.stages = nn.LayerList(stages)
+        self.feature_channels = channels  # 2048 for 50/101/152, 512 for 18/34
+        self.avgpool = nn.AdaptiveAvgPool2D(1)
+        bound = 1.0 / math.sqrt(channels)
+        self.fc = nn.Linear(
+            channels,
+            num_classes,
+            weight_attr=paddle.ParamAttr(initializer=nn.initializer.Uniform(-bound, bound)),
+        )
+
+    def features(self, x):
+        """The last stage's feature map: ``[N, 3, H, W] -> [N, feature_channels, H/32, W/32]``."""
+        x = self.pool(self.stem(x))  # [N, 64, H/4, W/4]
+        for stage in self.stages:
+            x = stage(x)
+        return x
+
+    def head(self, features):
+        """Global average pooling + linear layer: ``[N, C, h, w] -> [N, num_classes]``."""
+        return self.fc(paddle.flatten(self.avgpool(features), 1))
+
+    def forward(self, x):
+        return self.head(self.features(x))
