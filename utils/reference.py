@@ -92,6 +92,17 @@ def running_stats_after(batches, momentum=0.9, mean0=0.0, var0=1.0):
     return mean, var
 
 
+def _check_affine(gamma, beta, shape, where):
+    """Raise a clear error when gamma or beta is given with a shape other than ``shape``.
+
+    Without it a wrong shape either fails deep inside NumPy's broadcasting or, worse, broadcasts
+    silently (a (W,) gamma against LayerNorm's (H, W)).
+    """
+    for name, value in (("gamma", gamma), ("beta", beta)):
+        if value is not None and np.shape(value) != tuple(shape):
+            raise ValueError(f"{where}: {name} must have shape {tuple(shape)}, got {np.shape(value)}")
+
+
 def layer_norm(x, normalized_shape, gamma=None, beta=None, epsilon=1e-5):
     """LayerNorm: normalize each sample over its trailing axes.
 
@@ -102,8 +113,9 @@ def layer_norm(x, normalized_shape, gamma=None, beta=None, epsilon=1e-5):
     """
     x = np.asarray(x)
     shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
-    if x.shape[x.ndim - len(shape) :] != shape:
+    if not shape or len(shape) > x.ndim or x.shape[x.ndim - len(shape) :] != shape:
         raise ValueError(f"normalized_shape {shape} does not match the trailing axes of {x.shape}")
+    _check_affine(gamma, beta, shape, "layer_norm")
     axes = tuple(range(x.ndim - len(shape), x.ndim))
     y = (x - x.mean(axis=axes, keepdims=True)) / np.sqrt(x.var(axis=axes, keepdims=True) + epsilon)
     if gamma is not None:
@@ -122,9 +134,14 @@ def group_norm(x, num_groups, gamma=None, beta=None, epsilon=1e-5):
     gamma, beta: (C,) per-channel affine, default 1 and 0.
     """
     x = np.asarray(x)
+    if x.ndim < 2:
+        raise ValueError(f"GroupNorm needs (N, C, ...) input, got shape {x.shape}")
     n, c = x.shape[:2]
+    if not isinstance(num_groups, int | np.integer) or num_groups < 1:
+        raise ValueError(f"num_groups must be a positive integer, got {num_groups!r}")
     if c % num_groups:
         raise ValueError(f"{c} channels cannot be split into {num_groups} equal groups")
+    _check_affine(gamma, beta, (c,), "group_norm")
     grouped = x.reshape(n, num_groups, -1)  # [N, G, C/G * spatial]
     mean = grouped.mean(axis=2, keepdims=True)
     var = grouped.var(axis=2, keepdims=True)
@@ -145,6 +162,7 @@ def instance_norm(x, gamma=None, beta=None, epsilon=1e-5):
     x = np.asarray(x)
     if x.ndim < 3:
         raise ValueError(f"InstanceNorm needs (N, C, ...) input with 3 to 5 axes, got shape {x.shape}")
+    _check_affine(gamma, beta, x.shape[1:2], "instance_norm")
     axes = tuple(range(2, x.ndim))
     y = (x - x.mean(axis=axes, keepdims=True)) / np.sqrt(x.var(axis=axes, keepdims=True) + epsilon)
     if gamma is not None:
