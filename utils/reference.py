@@ -86,7 +86,7 @@ def running_stats_after(batches, momentum=0.9, mean0=0.0, var0=1.0):
             mean = np.full(channels, mean0, dtype=np.float64)
             var = np.full(channels, var0, dtype=np.float64)
         mean = momentum * mean + (1 - momentum) * batch.mean(axis=axes)
-        var = momentum * var + (1 - momentum) * batch.var(axis=axes)
+        var = momentum * var + (1 - momentum) * batch.var(axis=axes, ddof=1)
     if mean is None:
         raise ValueError("running_stats_after needs at least one batch")
     return mean, var
@@ -179,15 +179,21 @@ def dropout(x, p, mask, mode="upscale_in_train", training=True):
     - ``upscale_in_train``: training ``x * mask / (1 - p)``; evaluation ``x``.
     - ``downscale_in_infer``: training ``x * mask``; evaluation ``x * (1 - p)``.
     Both keep the expected output equal between training and evaluation.
+
+    Rounding follows Paddle bit for bit: Paddle stores ``p`` as a float32 attribute and computes
+    ``1 - p`` in float32 before casting it to x's dtype, so ``1 - p`` is formed the same way here
+    (with p = 0.9 a float64 ``1 - p`` would differ from Paddle's by a few float32 ulps).
     """
     if mode not in ("upscale_in_train", "downscale_in_infer"):
         raise ValueError(f"mode must be 'upscale_in_train' or 'downscale_in_infer', got {mode!r}")
     if not 0 <= p <= 1:
         raise ValueError(f"p must be in [0, 1], got {p}")
     x = np.asarray(x)
+    dtype = x.dtype if np.issubdtype(x.dtype, np.floating) else np.float64
+    keep = (np.float32(1) - np.float32(p)).astype(dtype)  # 1 - p, rounded as Paddle does
     if not training:
-        return x if mode == "upscale_in_train" else x * (1 - p)
-    kept = x * np.asarray(mask, dtype=x.dtype)
+        return x if mode == "upscale_in_train" else x * keep
+    kept = x * np.asarray(mask, dtype=dtype)
     if mode == "downscale_in_infer":
         return kept
-    return kept / (1 - p) if p < 1 else np.zeros_like(x)
+    return kept / keep if keep > 0 else np.zeros_like(kept)
