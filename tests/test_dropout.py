@@ -237,7 +237,9 @@ def zero_box(blanked, data_format):
 
 
 @pytest.mark.parametrize("size", [1, 4, 5, 16])
-@pytest.mark.parametrize("data_format, shape", [("HWC", (20, 30, 3)), ("CHW", (3, 20, 30)), ("HWC", (20, 30))])
+@pytest.mark.parametrize(
+    "data_format, shape", [("HWC", (20, 30, 3)), ("CHW", (3, 20, 30)), ("HWC", (20, 30))]
+)
 def test_cutout_blanks_exactly_one_clipped_square(size, data_format, shape):
     image = np.full(shape, 7, dtype=np.uint8)
     rng = np.random.default_rng(0)
