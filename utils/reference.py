@@ -86,7 +86,7 @@ def running_stats_after(batches, momentum=0.9, mean0=0.0, var0=1.0):
             mean = np.full(channels, mean0, dtype=np.float64)
             var = np.full(channels, var0, dtype=np.float64)
         mean = momentum * mean + (1 - momentum) * batch.mean(axis=axes)
-        var = momentum * var + (1 - momentum) * batch.var(axis=axes, ddof=1)
+        var = momentum * var + (1 - momentum) * batch.var(axis=axes)
     if mean is None:
         raise ValueError("running_stats_after needs at least one batch")
     return mean, var
