@@ -28,6 +28,8 @@ import pathlib
 import cv2
 import numpy as np
 
+#: Changes whenever the drawing changes, so that a stored synthetic set is regenerated.
+GENERATOR_VERSION = 1
 #: Label of each kind of image (the first letter of a training file name).
 KIND_LABELS = {"H": 0, "N": 0, "P": 1}
 #: Class counts of the real training set (400 images) and label-1 count of its validation set.
