@@ -29,7 +29,7 @@ import cv2
 import numpy as np
 
 #: Changes whenever the drawing changes, so that a stored synthetic set is regenerated.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 #: Label of each kind of image (the first letter of a training file name).
 KIND_LABELS = {"H": 0, "N": 0, "P": 1}
 #: Class counts of the real training set (400 images) and label-1 count of its validation set.
@@ -114,9 +114,9 @@ def _draw_vessels(rng, shape, disc, radius, temporal):
     segments = []
     base_width = max(1.0, radius * 0.016)
     for vertical in (-1.0, 1.0):  # -1: superior (image y grows downwards), +1: inferior
-        start = vertical * np.pi / 2 - vertical * temporal * rng.uniform(0.2, 0.5)
+        start = vertical * np.pi / 2 - vertical * temporal * rng.uniform(0.0, 0.3)
         _vessel_tree(rng, disc, start, radius * rng.uniform(1.0, 1.3), base_width, 2,
-                     -vertical * temporal * rng.uniform(0.09, 0.13), segments)
+                     -vertical * temporal * rng.uniform(0.12, 0.17), segments)
         nasal = (np.pi if temporal > 0 else 0.0) + vertical * temporal * rng.uniform(0.4, 0.9)
         _vessel_tree(rng, disc, nasal, radius * rng.uniform(0.5, 0.75), base_width * 0.75, 1,
                      rng.normal(0, 0.05), segments)
@@ -221,7 +221,7 @@ def fundus_image(kind="P", size=224, seed=0, return_fovea=False):
     d = np.sqrt(dx * dx + (dy * rng.uniform(0.85, 1.0)) ** 2)
     disc_alpha[where] = _soft_disc(d, disc_r, max(1.0, 0.15 * disc_r))
     cup[where] = _soft_disc(d, disc_r * rng.uniform(0.3, 0.5), max(1.0, 0.4 * disc_r)) * 0.25
-    vessels = _draw_vessels(rng, shape, disc, radius, temporal) * np.float32(0.85)
+    vessels = _draw_vessels(rng, shape, disc, radius, temporal) * np.float32(rng.uniform(0.65, 0.85))
     grain = rng.standard_normal(shape, dtype=np.float32) * np.float32(0.012)
 
     # Colours (RGB, 0..1), varied per image; then compose channel by channel.
