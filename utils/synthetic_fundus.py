@@ -29,7 +29,7 @@ import cv2
 import numpy as np
 
 #: Changes whenever the drawing changes, so that a stored synthetic set is regenerated.
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 #: Label of each kind of image (the first letter of a training file name).
 KIND_LABELS = {"H": 0, "N": 0, "P": 1}
 #: Class counts of the real training set (400 images) and label-1 count of its validation set.
@@ -135,10 +135,10 @@ def _sign_strengths(rng, kind):
     and a few P images lack one of the atrophy signs.
     """
     if kind == "N":
-        return rng.uniform(0.0, 0.3), 0.0, 0.0
+        return rng.uniform(0.0, 0.25), 0.0, 0.0
     if kind == "H":
-        return rng.uniform(0.25, 0.7), rng.uniform(0.1, 0.35) * (rng.random() < 0.4), 0.0
-    tessellation = rng.uniform(0.4, 1.0)
+        return rng.uniform(0.35, 0.8), rng.uniform(0.1, 0.35) * (rng.random() < 0.4), 0.0
+    tessellation = rng.uniform(0.45, 1.0)
     ppa = rng.uniform(0.45, 1.0) if rng.random() < 0.9 else 0.0
     patches = rng.uniform(0.4, 1.0) if rng.random() < (0.65 if ppa else 1.0) else 0.0
     return tessellation, ppa, patches
