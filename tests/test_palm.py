@@ -1,0 +1,439 @@
+"""Tests for utils.palm: labels, layout, the Dataset and its cache, loaders, unpacking, data resolution."""
+
+import csv
+import os
+import pathlib
+import shutil
+import zipfile
+
+import cv2
+import numpy as np
+import openpyxl
+import pytest
+
+from utils import palm
+from utils.synthetic_fundus import make_dataset
+
+TRAIN = pathlib.Path("PALM-Training400", "PALM-Training400")
+VALID = pathlib.Path("PALM-Validation400")
+GT = pathlib.Path("PALM-Validation-GT")
+
+
+@pytest.fixture(scope="module")
+def tiny_set(tmp_path_factory):
+    """A tiny synthetic set in the official layout: 7 training (H, N x3, P x3) and 6 validation images."""
+    return make_dataset(tmp_path_factory.mktemp("tiny") / "set", 7, 6, 40, seed=2)
+
+
+@pytest.fixture
+def data(tiny_set, tmp_path):
+    """A private copy of the tiny set, to damage at will."""
+    return pathlib.Path(shutil.copytree(tiny_set, tmp_path / "data"))
+
+
+def _write_csv(path, rows, header=("ID", "imgName", "Label", "Fovea_X", "Fovea_Y")):
+    with open(path, "w", newline="") as f:
+        csv.writer(f).writerows([header, *rows])
+    return path
+
+
+# --- labels ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name, label", [("H0001.jpg", 0), ("N0161.jpg", 0), ("P0213.jpg", 1),
+                                         ("p0002.JPG", 1), ("some/dir/N0007.png", 0)])
+def test_label_from_filename(name, label):
+    assert palm.label_from_filename(name) == label
+
+
+@pytest.mark.parametrize("name", ["V0001.jpg", "X0001.jpg", "P.jpg", "HP01.jpg", "P0001", "notes.txt"])
+def test_label_from_bad_filename_names_it(name):
+    with pytest.raises(ValueError, match=name.replace(".", r"\.")):
+        palm.label_from_filename(name)
+
+
+def test_read_labels_xlsx_and_csv_agree(tmp_path):
+    rows = [(1, "V0001.jpg", 0, 1157.74, 1019.87), (2, "V0002.jpg", 1, 10.0, 20.0),
+            (3, "V0003.jpg", 1.0, 1, 2)]
+    book = openpyxl.Workbook()
+    book.active.append(["ID", "imgName", "Label", "Fovea_X", "Fovea_Y"])
+    for row in rows:
+        book.active.append(list(row))
+    book.active.append([None, None, None, None, None])  # Excel often leaves empty rows
+    book.save(tmp_path / "gt.xlsx")
+    expected = {"V0001.jpg": 0, "V0002.jpg": 1, "V0003.jpg": 1}
+    assert palm.read_labels(tmp_path / "gt.xlsx") == expected
+    assert palm.read_labels(_write_csv(tmp_path / "gt.csv", rows)) == expected
+    (tmp_path / "bom.csv").write_text("\ufeffimgName,Label\nV0001.jpg,0\nV0002.jpg,1\n,\n", encoding="utf-8")
+    assert palm.read_labels(tmp_path / "bom.csv") == {"V0001.jpg": 0, "V0002.jpg": 1}
+
+
+@pytest.mark.parametrize("rows, message", [
+    ([(1, "V0001.jpg", 2, 0, 0)], r"line 2: label '2' of 'V0001.jpg' is not 0 or 1"),
+    ([(1, "V0001.jpg", "yes", 0, 0)], r"label 'yes'"),
+    ([(1, "V0001.jpg", 0, 0, 0), (2, "V0001.jpg", 1, 0, 0)], r"line 3: 'V0001.jpg' is listed twice"),
+])
+def test_read_labels_rejects_bad_rows(tmp_path, rows, message):
+    path = _write_csv(tmp_path / "gt.csv", rows)
+    with pytest.raises(ValueError, match=message) as error:
+        palm.read_labels(path)
+    assert "gt.csv" in str(error.value)
+
+
+def test_read_labels_bad_files(tmp_path):
+    with pytest.raises(ValueError, match=r"lacks the column\(s\) \['Label'\]"):
+        palm.read_labels(_write_csv(tmp_path / "a.csv", [("V0001.jpg",)], header=("imgName",)))
+    (tmp_path / "labels.txt").write_text("imgName,Label\n")
+    with pytest.raises(ValueError, match=r"labels\.txt: expected \.xlsx or \.csv"):
+        palm.read_labels(tmp_path / "labels.txt")
+    (tmp_path / "broken.xlsx").write_bytes(b"not a workbook")
+    with pytest.raises(ValueError, match=r"broken\.xlsx"):
+        palm.read_labels(tmp_path / "broken.xlsx")
+    (tmp_path / "empty.csv").write_text("")
+    with pytest.raises(ValueError, match=r"empty\.csv is empty"):
+        palm.read_labels(tmp_path / "empty.csv")
+    with pytest.raises(FileNotFoundError, match=r"nowhere\.csv"):
+        palm.read_labels(tmp_path / "nowhere.csv")
+
+
+# --- layout ----------------------------------------------------------------------------------
+
+
+def test_find_layout_nested_and_flat(data):
+    layout = palm.find_layout(data)
+    assert layout.train_dir == data / TRAIN and layout.valid_dir == data / VALID
+    assert layout.label_file == data / GT / "PM_Label_and_Fovea_Location.xlsx"
+    flat = data / "PALM-Training400"
+    for image in (data / TRAIN).iterdir():
+        image.rename(flat / image.name)
+    (data / TRAIN).rmdir()
+    (data / GT / "PM_Label_and_Fovea_Location.xlsx").unlink()
+    layout = palm.find_layout(data)
+    assert layout.train_dir == flat and layout.label_file == data / GT / "labels.csv"
+    (data / GT / "labels.csv").rename(data / "labels.csv")
+    assert palm.find_layout(data).label_file == data / "labels.csv"
+
+
+@pytest.mark.parametrize("remove, part", [(TRAIN, "training images"), (VALID, "validation images"),
+                                          (GT, "validation label file")])
+def test_find_layout_names_the_missing_part_and_where_it_looked(data, remove, part):
+    shutil.rmtree(data / remove)
+    with pytest.raises(FileNotFoundError) as error:
+        palm.find_layout(data)
+    message = str(error.value)
+    assert f"no {part} found" in message and str(data / remove) in message
+    assert "utils.palm prepare" in message and "PALM_DATA" in message
+
+
+def test_find_layout_only_checks_the_splits_asked_for(data):
+    shutil.rmtree(data / VALID)
+    assert palm.find_layout(data, splits=("train",)).valid_dir is None
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        palm.find_layout(data / "nowhere")
+
+
+def test_find_layout_points_at_an_unpacked_nested_zip(data):
+    shutil.rmtree(data / TRAIN)
+    (data / "PALM-Training400" / "PALM-Training400.zip").write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match="PALM-Training400.zip is there, not unpacked"):
+        palm.find_layout(data)
+
+
+# --- the Dataset -----------------------------------------------------------------------------
+
+
+def test_dataset_items_order_and_labels(data, tmp_path):
+    train = palm.PalmDataset(data, "train", image_size=24, cache_dir=tmp_path / "cache")
+    assert train.names == sorted(p.name for p in (data / TRAIN).iterdir())
+    assert train.labels == [0, 0, 0, 0, 1, 1, 1] and train.class_counts() == {0: 4, 1: 3}
+    with open(data / GT / "labels.csv") as f:
+        expected = {row["imgName"]: int(row["Label"]) for row in csv.DictReader(f)}
+    valid = palm.PalmDataset(data, "valid", image_size=24, cache_dir=tmp_path / "cache")
+    assert valid.names == sorted(expected) and valid.labels == [expected[n] for n in valid.names]
+    image, label = valid[2]
+    assert image.shape == (3, 24, 24) and image.dtype == np.float32 and label == expected[valid.names[2]]
+    assert -1.0 <= image.min() and image.max() <= 1.0
+
+
+@pytest.mark.parametrize("size", [8, 24, 33])
+def test_preprocessing_matches_a_hand_computation(data, tmp_path, size):
+    """RGB order, resize, HWC -> CHW and x / 127.5 - 1, checked on an image of known colours."""
+    bgr = np.zeros((60, 50, 3), np.uint8)
+    bgr[:, :25] = (0, 64, 255)      # left half: R=255, G=64, B=0
+    bgr[:, 25:] = (255, 128, 0)     # right half: R=0, G=128, B=255
+    cv2.imwrite(str(data / TRAIN / "P9999.png"), bgr)
+    dataset = palm.PalmDataset(data, "train", image_size=size, cache=False)
+    image, label = dataset[dataset.names.index("P9999.png")]
+    assert label == 1 and image.shape == (3, size, size)
+    left, right = image[:, :, 0], image[:, :, -1]  # first and last column, [3, size]
+    np.testing.assert_allclose(left, np.array([255, 64, 0])[:, None] / 127.5 - 1 + 0 * left, atol=1e-6)
+    np.testing.assert_allclose(right, np.array([0, 128, 255])[:, None] / 127.5 - 1 + 0 * right, atol=1e-6)
+    np.testing.assert_array_equal(palm.to_display(image)[:, 0], np.tile([255, 64, 0], (size, 1)))
+
+
+def test_grey_rgba_and_16_bit_images_are_converted(data):
+    cv2.imwrite(str(data / TRAIN / "N9001.png"), np.full((30, 30), 100, np.uint8))            # grey
+    rgba = np.zeros((30, 30, 4), np.uint8)
+    rgba[...] = (10, 20, 30, 0)  # BGRA, fully transparent: the alpha channel is dropped
+    cv2.imwrite(str(data / TRAIN / "N9002.png"), rgba)
+    cv2.imwrite(str(data / TRAIN / "N9003.png"), np.full((30, 30, 3), 257 * 200, np.uint16))  # 16 bit
+    cv2.imwrite(str(data / TRAIN / "N9004.jpg"), np.full((30, 30), 50, np.uint8))            # grey JPEG
+    dataset = palm.PalmDataset(data, "train", image_size=10, cache=False)
+    expected = {"N9001.png": (100, 100, 100), "N9002.png": (30, 20, 10), "N9003.png": (200, 200, 200),
+                "N9004.jpg": (50, 50, 50)}
+    for name, rgb in expected.items():
+        image = dataset.resized(dataset.names.index(name))
+        assert image.shape == (10, 10, 3)
+        np.testing.assert_allclose(image.reshape(-1, 3).mean(axis=0), rgb, atol=1.5, err_msg=name)
+
+
+def test_system_and_other_files_are_ignored(data):
+    for name in (".DS_Store", "Thumbs.db", "desktop.ini", "._P0001.jpg", "README.txt", "notes.xlsx"):
+        (data / TRAIN / name).write_bytes(b"\x00junk")
+        (data / VALID / name).write_bytes(b"\x00junk")
+    (data / TRAIN / "subfolder").mkdir()
+    assert len(palm.PalmDataset(data, "train", 16, cache=False)) == 7
+    assert len(palm.PalmDataset(data, "valid", 16, cache=False)) == 6
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda b: b[: len(b) // 2], "truncated"),
+    (lambda b: b"", "empty"),
+    (lambda b: b"\xff\xd8" + bytes(range(256)) * 4, "truncated"),
+    (lambda b: b"GIF89a garbage" * 10, "cannot decode"),
+])
+@pytest.mark.parametrize("cache", [True, False])
+def test_a_bad_image_is_named(data, tmp_path, damage, message, cache):
+    path = data / TRAIN / "N0002.jpg"
+    path.write_bytes(damage(path.read_bytes()))
+    with pytest.raises(palm.BadImageError, match=message) as error:
+        dataset = palm.PalmDataset(data, "train", 16, cache=cache, cache_dir=tmp_path / "cache")
+        [dataset[i] for i in range(len(dataset))]
+    assert str(path) in str(error.value)
+
+
+def test_truncated_png_is_named(data):
+    path = data / TRAIN / "P0009.png"
+    cv2.imwrite(str(path), np.random.default_rng(0).integers(0, 255, (40, 40, 3), dtype=np.uint8))
+    path.write_bytes(path.read_bytes()[:-30])
+    with pytest.raises(palm.BadImageError, match="P0009.png is truncated"):
+        palm.read_image(path)
+
+
+def test_a_bad_training_file_name_is_named(data):
+    shutil.copy(data / TRAIN / "H0001.jpg", data / TRAIN / "scan_12.jpg")
+    with pytest.raises(ValueError, match="'scan_12.jpg'"):
+        palm.PalmDataset(data, "train", 16, cache=False)
+
+
+def test_unlabeled_images_and_labels_without_image_are_listed(data):
+    shutil.copy(data / VALID / "V0001.jpg", data / VALID / "V0777.jpg")
+    (data / VALID / "V0003.jpg").unlink()
+    (data / VALID / "V0004.jpg").unlink()
+    (data / GT / "PM_Label_and_Fovea_Location.xlsx").unlink()  # use the csv
+    with pytest.raises(ValueError) as error:
+        palm.PalmDataset(data, "valid", 16, cache=False)
+    message = str(error.value)
+    assert "1 image(s)" in message and "V0777.jpg" in message
+    assert "2 label(s)" in message and "V0003.jpg, V0004.jpg" in message
+
+
+@pytest.mark.parametrize("bad, error", [({"split": "test"}, "'test'"), ({"image_size": 4}, "4"),
+                                        ({"image_size": 22.5}, "22.5")])
+def test_bad_arguments_are_named(data, bad, error):
+    with pytest.raises(ValueError, match=error):
+        palm.PalmDataset(data, **dict({"split": "train", "image_size": 16, "cache": False}, **bad))
+
+
+# --- cache -----------------------------------------------------------------------------------
+
+
+def test_cache_matches_decoding_and_is_rebuilt_when_files_change(data, tmp_path):
+    cache = tmp_path / "cache"
+    first = palm.PalmDataset(data, "train", 20, cache_dir=cache)
+    plain = palm.PalmDataset(data, "train", 20, cache=False)
+    assert first.cache_rebuilt
+    for i in range(len(plain)):
+        np.testing.assert_array_equal(first[i][0], plain[i][0])
+    assert not palm.PalmDataset(data, "train", 20, cache_dir=cache).cache_rebuilt
+    assert palm.PalmDataset(data, "train", 12, cache_dir=cache).cache_rebuilt  # another size
+    assert palm.PalmDataset(data, "valid", 20, cache_dir=cache).cache_rebuilt  # another split
+    assert len(list(cache.glob("*.npy"))) == 3, "one array file per split and size"
+
+    os.utime(data / TRAIN / "N0001.jpg", ns=(1, 1))  # a source file changed
+    assert palm.PalmDataset(data, "train", 20, cache_dir=cache).cache_rebuilt
+    shutil.copy(data / TRAIN / "P0001.jpg", data / TRAIN / "P0100.jpg")  # a file added
+    grown = palm.PalmDataset(data, "train", 20, cache_dir=cache)
+    assert grown.cache_rebuilt and len(grown) == 8 and grown.images.shape == (8, 20, 20, 3)
+    assert len(list(cache.glob("*.npy"))) == 3 and not list(cache.glob("*tmp*"))
+
+
+def test_augmentation_is_seeded_per_epoch(data):
+    dataset = palm.PalmDataset(data, "train", 24, augment=True, cache=False, seed=1)
+    first = dataset[3][0]
+    np.testing.assert_array_equal(first, dataset[3][0])
+    dataset.set_epoch(1)
+    assert not np.array_equal(first, dataset[3][0])
+    assert first.shape == (3, 24, 24) and -1 <= first.min() and first.max() <= 1
+
+
+# --- loaders ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n, batch_size, drop_last, lengths", [(7, 3, False, [3, 3, 1]), (7, 3, True, [3, 3]),
+                                                               (7, 1, False, [1] * 7), (7, 10, False, [7])])
+def test_seeded_batch_sampler(n, batch_size, drop_last, lengths):
+    sampler = palm.SeededBatchSampler(n, batch_size, shuffle=True, seed=5, drop_last=drop_last)
+    first = list(sampler)
+    assert [len(b) for b in first] == lengths and len(sampler) == len(lengths)
+    assert list(sampler) == first, "same epoch, same order"
+    if not drop_last:
+        assert sorted(i for b in first for i in b) == list(range(n))
+    sampler.set_epoch(1)
+    if n > 1 and batch_size < n:
+        assert list(sampler) != first
+    in_order = palm.SeededBatchSampler(n, batch_size, drop_last=drop_last)
+    assert [i for b in in_order for i in b] == list(range(sum(lengths))), "no shuffle: file order"
+    with pytest.raises(ValueError, match="batch_size must be >= 1, not 0"):
+        palm.SeededBatchSampler(n, 0)
+
+
+def test_loader_epochs_are_reproducible_and_workers_do_not_change_them(data, tmp_path):
+    dataset = palm.PalmDataset(data, "train", 16, augment=True, cache_dir=tmp_path / "cache", seed=3)
+
+    def two_epochs(num_workers):
+        loader = palm.make_loader(dataset, batch_size=3, shuffle=True, seed=3, num_workers=num_workers)
+        return [[(x.numpy(), y.numpy()) for x, y in loader] for _ in range(2)]
+
+    single, workers = two_epochs(0), two_epochs(2)
+    for epoch_single, epoch_workers in zip(single, workers, strict=True):
+        for (x0, y0), (x1, y1) in zip(epoch_single, epoch_workers, strict=True):
+            np.testing.assert_array_equal(x0, x1)
+            np.testing.assert_array_equal(y0, y1)
+    assert not np.array_equal(single[0][0][0], single[1][0][0]), "a new order and augmentation per epoch"
+    x, y = single[0][0]
+    assert x.shape == (3, 3, 16, 16) and y.dtype == np.int64
+    with pytest.raises(ValueError, match="num_workers must be >= 0, not -1"):
+        palm.make_loader(dataset, num_workers=-1)
+
+
+def test_shared_memory_only_with_room(tmp_path):
+    assert not palm.shared_memory_ok(10, 0)
+    assert not palm.shared_memory_ok(10, 2, shm=str(tmp_path / "missing"))
+    free = shutil.disk_usage(tmp_path).free
+    assert not palm.shared_memory_ok(free, 2, shm=str(tmp_path))
+    if free > 2**30:
+        assert palm.shared_memory_ok(2**20, 2, shm=str(tmp_path))
+
+
+# --- unpacking the archives ------------------------------------------------------------------
+
+
+def _official_archives(source, folder):
+    """The three archives as AI Studio serves them, built from a data set in the official layout."""
+    folder.mkdir(parents=True, exist_ok=True)
+    inner = folder / "PALM-Training400.zip"
+    with zipfile.ZipFile(inner, "w") as z:
+        for path in sorted((source / TRAIN).iterdir()):
+            z.write(path, f"PALM-Training400/{path.name}")
+        z.writestr("__MACOSX/PALM-Training400/._H0001.jpg", b"mac metadata")
+    with zipfile.ZipFile(folder / "training.zip", "w") as z:
+        z.write(inner, "PALM-Training400/PALM-Training400.zip")
+    inner.unlink()
+    with zipfile.ZipFile(folder / "validation.zip", "w") as z:
+        for path in sorted((source / VALID).iterdir()):
+            z.write(path, f"PALM-Validation400/{path.name}")
+    with zipfile.ZipFile(folder / "valid_gt.zip", "w") as z:
+        z.write(source / GT / "PM_Label_and_Fovea_Location.xlsx",
+                "PALM-Validation-GT/PM_Label_and_Fovea_Location.xlsx")
+    return folder
+
+
+def test_extract_archives_builds_the_layout_and_is_idempotent(tiny_set, tmp_path):
+    src = _official_archives(tiny_set, tmp_path / "mounted" / "data19065")  # found in a subfolder
+    layout = palm.extract_archives(tmp_path / "mounted", tmp_path / "palm")
+    assert layout.train_dir == tmp_path / "palm" / TRAIN
+    names = sorted(p.name for p in (tiny_set / TRAIN).iterdir())
+    assert sorted(p.name for p in layout.train_dir.iterdir()) == names
+    assert not (tmp_path / "palm" / "__MACOSX").exists()
+    assert len(palm.PalmDataset(tmp_path / "palm", "valid", 16, cache=False)) == 6
+    marker = layout.train_dir / "H0001.jpg"
+    before = marker.stat().st_mtime_ns
+    palm.extract_archives(src, tmp_path / "palm")
+    assert marker.stat().st_mtime_ns == before, "a second run skips archives already unpacked"
+
+
+@pytest.mark.parametrize("member", ["../evil.jpg", "/abs/evil.jpg", "PALM-Validation400/../../evil.jpg",
+                                    "C:/evil.jpg", "..\\evil.jpg"])
+def test_extract_archives_refuses_zip_slip(tiny_set, tmp_path, member):
+    src = _official_archives(tiny_set, tmp_path / "zips")
+    with zipfile.ZipFile(src / "validation.zip", "a") as z:
+        z.writestr(member, b"payload")
+    with pytest.raises(ValueError, match="refusing to extract") as error:
+        palm.extract_archives(src, tmp_path / "out" / "palm")
+    assert "validation.zip" in str(error.value) and repr(member) in str(error.value)
+    assert not list((tmp_path / "out").rglob("evil.jpg")) and not (tmp_path / "evil.jpg").exists()
+
+
+def test_extract_archives_bad_and_missing_archives(tiny_set, tmp_path):
+    src = _official_archives(tiny_set, tmp_path / "zips")
+    (src / "valid_gt.zip").write_bytes(b"<html>download interrupted</html>")
+    with pytest.raises(ValueError, match=r"valid_gt\.zip is not a readable zip"):
+        palm.extract_archives(src, tmp_path / "palm")
+    (src / "valid_gt.zip").unlink()
+    with pytest.raises(FileNotFoundError, match=r"missing archive\(s\) \['valid_gt.zip'\]"):
+        palm.extract_archives(src, tmp_path / "palm")
+
+
+def test_prepare_command(tiny_set, tmp_path, capsys):
+    src = _official_archives(tiny_set, tmp_path / "zips")
+    assert palm.main(["prepare", "--src", str(src), "--dst", str(tmp_path / "palm")]) == 0
+    assert "7 training images {0: 4, 1: 3}" in capsys.readouterr().out
+
+
+# --- which data ------------------------------------------------------------------------------
+
+
+def test_resolve_prefers_palm_data_then_data_palm(data, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PALM_DATA", str(data))
+    assert palm.resolve_data_root(data_dir=tmp_path / "d", aistudio_dir=tmp_path / "none") == (data, "real")
+    assert "real iChallenge-PM" in capsys.readouterr().out
+    monkeypatch.setenv("PALM_DATA", str(tmp_path / "empty"))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        palm.resolve_data_root(data_dir=tmp_path / "d")
+    monkeypatch.delenv("PALM_DATA")
+    shutil.copytree(data, tmp_path / "d" / "palm")
+    assert palm.resolve_data_root(data_dir=tmp_path / "d", aistudio_dir=tmp_path / "none", quiet=True) == \
+        (tmp_path / "d" / "palm", "real")
+
+
+def test_resolve_unpacks_aistudio_archives(tiny_set, tmp_path, monkeypatch):
+    monkeypatch.delenv("PALM_DATA", raising=False)
+    mounted = tmp_path / "aistudio"
+    _official_archives(tiny_set, mounted / "data19065")
+    root, kind = palm.resolve_data_root(data_dir=tmp_path / "d", aistudio_dir=mounted, quiet=True)
+    assert (root, kind) == (tmp_path / "d" / "palm", "real")
+    assert len(palm.PalmDataset(root, "train", 16, cache=False)) == 7
+
+
+def test_resolve_falls_back_to_a_synthetic_set_generated_once(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("PALM_DATA", raising=False)
+    options = {"n_train": 5, "n_valid": 4, "image_size": 32, "seed": 1}
+    kwargs = {"data_dir": tmp_path / "d", "aistudio_dir": tmp_path / "none", "synthetic_options": options}
+    root, kind = palm.resolve_data_root(**kwargs)
+    out = capsys.readouterr().out
+    assert kind == "synthetic" and root == tmp_path / "d" / "synthetic"
+    assert "SYNTHETIC" in out and "generated now" in out and str(tmp_path) not in out
+    assert len(palm.PalmDataset(root, "train", 16, cache=False)) == 5
+    stamp = (root / "PALM-Validation400" / "V0001.jpg").stat().st_mtime_ns
+    palm.resolve_data_root(**kwargs)
+    assert "generated earlier" in capsys.readouterr().out
+    assert (root / "PALM-Validation400" / "V0001.jpg").stat().st_mtime_ns == stamp
+    palm.resolve_data_root(**dict(kwargs, synthetic_options=dict(options, n_train=6)), quiet=True)
+    assert len(palm.PalmDataset(root, "train", 16, cache=False)) == 6, "other options: regenerated"
+    assert [p.name for p in (tmp_path / "d").iterdir()] == ["synthetic"], "no temporary folder left"
+
+
+def test_display_path_never_shows_absolute_paths(tmp_path):
+    assert palm.display_path(palm.DATA_DIR / "synthetic") == "data/synthetic"
+    assert palm.display_path(tmp_path / "x" / "palm") == ".../palm"
