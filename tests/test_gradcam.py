@@ -1,0 +1,46 @@
+"""Tests for utils.gradcam: Grad-CAM equals the class activation map for a GAP + linear head."""
+
+import cv2
+import numpy as np
+import paddle
+import pytest
+
+from utils.gradcam import grad_cam, overlay
+from utils.resnet import ResNet
+
+
+def class_activation_map(model, image, sign):
+    """Independent reference (NumPy): ReLU(sign * sum_k w_k A_k), upsampled, scaled to max 1."""
+    model.eval()
+    features = model.features(paddle.to_tensor(image[None])).numpy()[0]  # [C, h, w]
+    weights = model.fc.weight.numpy()[:, 0]  # [C]
+    cam = np.maximum(sign * np.einsum("c,chw->hw", weights, features), 0)
+    cam = cv2.resize(cam.astype("float32"), image.shape[1:][::-1], interpolation=cv2.INTER_LINEAR)
+    return cam / cam.max()
+
+
+@pytest.mark.parametrize(("layers", "size", "label"), [(18, 64, 1), (18, 96, 0), (50, 64, 1)])
+def test_grad_cam_equals_the_class_activation_map(layers, size, label):
+    paddle.seed(layers + size)
+    model = ResNet(layers=layers)
+    image = np.random.default_rng(size).normal(size=(3, size, size)).astype("float32")
+    model.train()
+    heat, probability = grad_cam(model, image, label=label)
+    assert model.training, "grad_cam restores training mode"
+    reference = class_activation_map(model, image, sign=1 if label == 1 else -1)
+    assert heat.shape == (size, size) and heat.dtype == np.float32
+    assert np.abs(heat - reference).max() < 1e-4
+    assert heat.min() >= 0 and heat.max() == pytest.approx(1.0)
+    logit = float(model(paddle.to_tensor(image[None]))[0, 0])
+    assert probability == pytest.approx(1 / (1 + np.exp(-logit)), abs=1e-6)
+    assert all(p.grad is None for p in model.parameters()), "grad_cam leaves parameter gradients alone"
+
+
+def test_grad_cam_rejects_a_bad_label_and_overlay_blends():
+    with pytest.raises(ValueError, match="2"):
+        grad_cam(ResNet(layers=18), np.zeros((3, 32, 32), "float32"), label=2)
+    image = np.full((4, 4, 3), 100, np.uint8)
+    blended = overlay(image, np.zeros((4, 4)), alpha=0.5)
+    # jet(0) is dark blue (0, 0, 127.5): half of it added to half of the grey image
+    np.testing.assert_array_equal(blended[0, 0], [50, 50, 114])
+    assert blended.dtype == np.uint8 and blended.shape == (4, 4, 3)

@@ -1,0 +1,263 @@
+"""Tests for utils.train: metrics against hand-derived numbers, evaluation mode, checkpoints and resume,
+the seeded sampler, prediction, and the command line (a tiny end-to-end run)."""
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import paddle
+import pytest
+
+from utils.palm import PalmDataset
+from utils.resnet import ResNet
+from utils.synthetic_fundus import make_dataset
+from utils.train import (
+    BEST_CHECKPOINT,
+    CURVES_FILE,
+    LAST_CHECKPOINT,
+    METRICS_FILE,
+    SeededDistributedBatchSampler,
+    TrainConfig,
+    binary_loss,
+    binary_metrics,
+    build_model,
+    build_optimizer,
+    evaluate,
+    load_checkpoint,
+    load_model,
+    make_loader,
+    parse_args,
+    predict,
+    predict_loader,
+    train,
+)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class SquaresDataset(paddle.io.Dataset):
+    """Tiny learnable images: label 1 has a bright square in a random place, label 0 does not."""
+
+    def __init__(self, n, size=32, seed=0):
+        rng = np.random.default_rng(seed)
+        self.labels = np.arange(n) % 2
+        self.images = rng.normal(0, 0.3, size=(n, 3, size, size)).astype("float32")
+        for image, label in zip(self.images, self.labels, strict=True):
+            if label:
+                row, col = rng.integers(0, size - 8, size=2)
+                image[:, row : row + 8, col : col + 8] += 1.5
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, index):
+        return self.images[index], int(self.labels[index])
+
+
+TINY = TrainConfig(arch=18, epochs=2, batch_size=4, image_size=32, lr=0.01, seed=3)
+
+
+def tiny_run(out_dir, config=TINY, resume=False):
+    train_loader = make_loader(SquaresDataset(12), config.batch_size, shuffle=True, seed=config.seed)
+    valid_loader = make_loader(SquaresDataset(8, seed=1), 8)
+    model = build_model(config)
+    optimizer = build_optimizer(model, config)
+    result = train(model, optimizer, train_loader, valid_loader, config, out_dir, resume=resume,
+                   progress=False)
+    return model, result
+
+
+def test_binary_metrics_match_hand_counted_values():
+    labels = [0, 0, 1, 1, 1]
+    probabilities = [0.1, 0.6, 0.7, 0.4, 0.9]  # predicted 0, 1, 1, 0, 1 at threshold 0.5
+    metrics = binary_metrics(labels, probabilities)
+    assert metrics["confusion_matrix"] == [[1, 1], [1, 2]]  # [[TN, FP], [FN, TP]]
+    assert metrics["accuracy"] == pytest.approx(3 / 5)
+    assert metrics["sensitivity"] == pytest.approx(2 / 3) and metrics["specificity"] == pytest.approx(1 / 2)
+    # AUC = fraction of (positive, negative) pairs ranked correctly: 5 of the 6 (0.4 < 0.6 is wrong).
+    assert metrics["auc"] == pytest.approx(5 / 6)
+    assert metrics["n"] == 5
+    # The threshold is inclusive: probability 0.5 means label 1.
+    assert binary_metrics([0, 1], [0.5, 0.5])["confusion_matrix"] == [[0, 1], [0, 1]]
+
+
+def test_binary_metrics_with_one_class_only_are_nan_not_an_error():
+    metrics = binary_metrics([1, 1, 1], [0.2, 0.8, 0.9])
+    assert np.isnan(metrics["auc"]) and np.isnan(metrics["specificity"])
+    assert metrics["sensitivity"] == pytest.approx(2 / 3)
+
+
+def test_binary_loss_is_the_stable_bce_formula():
+    logits = np.array([[-40.0], [-2.0], [0.0], [3.0], [40.0]], dtype="float32")
+    labels = np.array([1, 0, 1, 1, 0])
+    # log(1 + exp(-|z|)) + max(z, 0) - z * y: never overflows, even at |z| = 40
+    z = logits[:, 0].astype("float64")
+    expected = np.log1p(np.exp(-np.abs(z))) + np.maximum(z, 0) - z * labels
+    got = binary_loss(paddle.to_tensor(logits), paddle.to_tensor(labels), reduction="none").numpy()
+    assert got.shape == (5, 1)
+    assert np.abs(got[:, 0] - expected).max() < 1e-5
+    mean = float(binary_loss(paddle.to_tensor(logits), paddle.to_tensor(labels)))
+    assert abs(mean - expected.mean()) < 1e-5
+
+
+def test_evaluate_matches_numpy_and_leaves_the_model_as_it_was():
+    paddle.seed(0)
+    model = paddle.nn.Sequential(paddle.nn.Flatten(), paddle.nn.Linear(3 * 32 * 32, 1))
+    dataset = SquaresDataset(10)
+    model.train()
+    metrics = evaluate(model, make_loader(dataset, batch_size=3))  # batches of 3, 3, 3, 1
+    flat = dataset.images.reshape(10, -1).astype("float64")  # [10, 3072]
+    logits = flat @ model[1].weight.numpy() + model[1].bias.numpy()
+    z, y = logits[:, 0], dataset.labels
+    loss = np.mean(np.log1p(np.exp(-np.abs(z))) + np.maximum(z, 0) - z * y)
+    assert abs(metrics["loss"] - loss) < 1e-4
+    assert metrics["accuracy"] == pytest.approx(np.mean((z >= 0) == (y == 1)))
+    assert model.training, "evaluate must restore training mode"
+    assert all(p.grad is None for p in model.parameters()), "no gradients under paddle.no_grad()"
+
+
+def test_evaluate_uses_eval_mode_batchnorm_and_does_not_touch_running_stats():
+    paddle.seed(0)
+    model = ResNet(layers=18)
+    dataset = SquaresDataset(6)
+    before = [p.numpy().copy() for p in model.parameters()]
+    probabilities_3, _, _ = predict_loader(model, make_loader(dataset, batch_size=3))
+    probabilities_1, labels, _ = predict_loader(model, make_loader(dataset, batch_size=1))
+    # Eval mode: an image's prediction does not depend on the batch it sits in.
+    assert np.abs(probabilities_3 - probabilities_1).max() < 1e-5
+    assert labels.tolist() == dataset.labels.tolist()
+    for old, new in zip(before, model.parameters(), strict=True):
+        np.testing.assert_array_equal(old, new.numpy())
+
+
+def test_sampler_order_depends_on_seed_and_epoch_and_shards_cover_everything():
+    dataset = SquaresDataset(11)
+
+    def batches(seed, epoch, rank=0, replicas=1, shuffle=True):
+        sampler = SeededDistributedBatchSampler(
+            dataset, 4, seed=seed, shuffle=shuffle, num_replicas=replicas, rank=rank
+        )
+        sampler.set_epoch(epoch)
+        return list(sampler)
+
+    first = batches(0, 0)
+    assert [len(b) for b in first] == [4, 4, 3] and sorted(sum(first, [])) == list(range(11))
+    assert batches(0, 0) == first, "same seed and epoch, same order"
+    assert batches(1, 0) != first and batches(0, 1) != first
+    assert sum(batches(0, 0, shuffle=False), []) == list(range(11))
+    # Two processes: 11 indices padded to 12, six each, together every index at least once.
+    shards = [sum(batches(0, 2, rank, 2), []) for rank in (0, 1)]
+    assert [len(s) for s in shards] == [6, 6]
+    assert set(shards[0]) | set(shards[1]) == set(range(11))
+
+
+def test_train_learns_keeps_history_and_saves_the_best_auc_checkpoint(tmp_path):
+    model, result = tiny_run(tmp_path)
+    history = result["history"]
+    assert [row["epoch"] for row in history] == [1, 2]
+    assert {"train_loss", "valid_loss", "valid_auc", "valid_confusion_matrix"} <= set(history[0])
+    best_row = max(history, key=lambda row: row["valid_auc"])  # first of equals, like train()
+    assert result["best"]["epoch"] == best_row["epoch"]
+    best = load_checkpoint(tmp_path / BEST_CHECKPOINT)
+    last = load_checkpoint(tmp_path / LAST_CHECKPOINT)
+    assert best["epoch"] == best_row["epoch"] and last["epoch"] == 2
+    assert last["config"] == dataclasses.asdict(TINY) and last["history"] == history
+    assert set(last) >= {"model", "optimizer", "epoch", "config", "history", "best"}
+    assert not list(tmp_path.glob("*.partial")), "saves are atomic: no partial file is left behind"
+    # The saved model reloads and predicts exactly what the trained one predicts (last epoch).
+    reloaded, config = load_model(tmp_path / LAST_CHECKPOINT)
+    assert config == TINY
+    loader = make_loader(SquaresDataset(8, seed=1), 8)
+    np.testing.assert_array_equal(predict_loader(reloaded, loader)[0], predict_loader(model, loader)[0])
+
+
+def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path):
+    uninterrupted, straight = tiny_run(tmp_path / "straight")
+    tiny_run(tmp_path / "split", dataclasses.replace(TINY, epochs=1))  # "interrupted" after epoch 1
+    resumed, continued = tiny_run(tmp_path / "split", resume=True)
+    assert continued["history"] == straight["history"]
+    for a, b in zip(uninterrupted.parameters(), resumed.parameters(), strict=True):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=0, atol=1e-6)
+
+
+def test_resume_refuses_other_settings_and_a_missing_checkpoint(tmp_path):
+    with pytest.raises(FileNotFoundError, match=LAST_CHECKPOINT):
+        tiny_run(tmp_path / "nothing", resume=True)
+    tiny_run(tmp_path, dataclasses.replace(TINY, epochs=1))
+    with pytest.raises(ValueError, match="lr: 0.01 -> 0.02"):
+        tiny_run(tmp_path, dataclasses.replace(TINY, lr=0.02), resume=True)
+
+
+@pytest.fixture(scope="module")
+def tiny_fundus(tmp_path_factory):
+    """A tiny synthetic set in the official layout (12 training, 8 validation images, 64 px)."""
+    root = tmp_path_factory.mktemp("fundus")
+    make_dataset(root / "data", n_train=12, n_valid=8, image_size=64, seed=0)
+    return root
+
+
+def run_cli(*args, launcher=(), timeout=240):
+    command = [sys.executable, *launcher, *args, "--no-progress"]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, f"{' '.join(command)} failed:\n{done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+def test_predict_uses_the_data_set_preprocessing(tiny_fundus):
+    dataset = PalmDataset(tiny_fundus / "data", "valid", image_size=32, cache=False)
+    paddle.seed(0)
+    model = ResNet(layers=18)
+    probabilities, _, _ = predict_loader(model, make_loader(dataset, batch_size=8))
+    for index in (0, 5):
+        assert abs(predict(model, dataset.paths[index], image_size=32) - probabilities[index]) < 1e-5
+    with pytest.raises(FileNotFoundError, match="missing.jpg"):
+        predict(model, tiny_fundus / "missing.jpg", image_size=32)
+
+
+def test_command_line_end_to_end_and_resume(tiny_fundus):
+    out = tiny_fundus / "run"
+    common = ["--data", str(tiny_fundus / "data"), "--arch", "18", "--batch-size", "4", "--image-size", "32",
+              "--lr", "0.01", "--seed", "1", "--out", str(out), "--cache-dir", str(tiny_fundus / "cache")]
+    stdout = run_cli("-m", "utils.train", *common, "--epochs", "1")
+    assert "epoch 1: train loss" in stdout and "best epoch 1" in stdout
+    assert {p.name for p in out.iterdir()} == {METRICS_FILE, LAST_CHECKPOINT, BEST_CHECKPOINT, CURVES_FILE}
+    stdout = run_cli("-m", "utils.train", *common, "--epochs", "2", "--resume")
+    assert "epoch 1:" not in stdout and "epoch 2: train loss" in stdout
+    metrics = json.loads((out / METRICS_FILE).read_text())
+    assert metrics["config"]["arch"] == 18 and metrics["config"]["epochs"] == 2 and metrics["processes"] == 1
+    assert metrics["data"] == {"source": "synthetic", "root": ".../data", "train_images": 12,
+                               "valid_images": 8}
+    assert [row["epoch"] for row in metrics["history"]] == [1, 2]
+    assert metrics["final"] == metrics["history"][-1]
+    assert sum(sum(row) for row in metrics["final"]["valid_confusion_matrix"]) == 8
+    assert (out / CURVES_FILE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    model, config = load_model(out / BEST_CHECKPOINT)
+    assert config.image_size == 32 and config.lr == 0.01 and not model.training
+
+
+def test_command_line_rejects_bad_flags():
+    with pytest.raises(SystemExit):
+        parse_args(["--image-size", "16"])
+    with pytest.raises(SystemExit):
+        parse_args(["--arch", "42"])
+    args = parse_args([])
+    assert (args.arch, args.epochs, args.batch_size, args.image_size, args.lr) == (50, 5, 10, 224, 0.001)
+    assert (args.momentum, args.weight_decay, args.data, args.resume) == (0.9, 0.001, None, False)
+
+
+def test_integration_two_cpu_processes_data_parallel(tiny_fundus):
+    """Slower integration test (two Paddle processes start): data-parallel training through
+    ``python -m paddle.distributed.launch`` on the CPU, each process on its half of the batches."""
+    out = tiny_fundus / "distributed"
+    stdout = run_cli(
+        "utils/train.py", "--data", str(tiny_fundus / "data"), "--arch", "18", "--epochs", "1",
+        "--batch-size", "3", "--image-size", "32", "--out", str(out),
+        "--cache-dir", str(tiny_fundus / "cache"),
+        launcher=("-m", "paddle.distributed.launch", "--nproc_per_node", "2", "--log_dir", str(out / "logs")),
+    )
+    assert "2 process(es)" in (out / "logs" / "workerlog.0").read_text() + stdout
+    metrics = json.loads((out / METRICS_FILE).read_text())
+    assert metrics["processes"] == 2 and metrics["history"][0]["valid_n"] == 8

@@ -1,0 +1,52 @@
+"""Grad-CAM: where in an image a convolutional classifier found the evidence for its answer.
+
+Selvaraju et al. (2017): take the last convolutional feature maps ``A_k`` ([C, h, w]) and the
+gradient of the score ``y`` with respect to them. Each map's weight is its gradient averaged over
+the positions, ``alpha_k = mean_ij dy/dA_k[i, j]``; the heat map is ``ReLU(sum_k alpha_k A_k)``,
+upsampled to the image and scaled to [0, 1]. The ReLU keeps only the regions that raise the score.
+
+For a network that ends in global average pooling and one linear layer (``utils.resnet.ResNet``),
+``dy/dA_k[i, j] = w_k / (h w)``, so Grad-CAM equals the older class activation map (CAM)
+``ReLU(sum_k w_k A_k)`` up to the scale: the tests use that as the independent reference.
+"""
+
+import cv2
+import numpy as np
+import paddle
+
+
+def grad_cam(model, image, label=1):
+    """Grad-CAM heat map of one image for a one-logit classifier with ``features`` and ``head``.
+
+    ``image``: float32 ``[3, S, S]`` (as the data set yields it). ``label=1`` maps the evidence for
+    label 1 (the logit), ``label=0`` the evidence for label 0 (minus the logit). Returns
+    ``(heat map float32 [S, S] in [0, 1], probability of label 1)``; an all-zero map means no region
+    raised the score. Runs in eval mode and leaves the parameters' gradients untouched.
+    """
+    if label not in (0, 1):
+        raise ValueError(f"label must be 0 or 1, got {label!r}")
+    was_training = model.training
+    model.eval()
+    x = paddle.to_tensor(np.asarray(image, dtype="float32")[None])  # [1, 3, S, S]
+    features = model.features(x)  # [1, C, h, w]
+    logit = model.head(features)[0, 0]
+    score = logit if label == 1 else -logit
+    (gradient,) = paddle.grad(score, features)  # [1, C, h, w]; does not accumulate into .grad
+    weights = gradient.mean(axis=[2, 3], keepdim=True)  # alpha_k: [1, C, 1, 1]
+    cam = paddle.nn.functional.relu((weights * features).sum(axis=1))[0].numpy()  # [h, w]
+    if was_training:
+        model.train()
+    size = x.shape[-1], x.shape[-2]  # cv2 wants (width, height)
+    cam = cv2.resize(cam, size, interpolation=cv2.INTER_LINEAR)
+    peak = cam.max()
+    cam = cam / peak if peak > 0 else np.zeros_like(cam)
+    return cam.astype("float32"), float(paddle.nn.functional.sigmoid(logit))
+
+
+def overlay(image_rgb, heat_map, alpha=0.45, colormap="jet"):
+    """Blend a heat map in [0, 1] over a uint8 RGB image of the same size; returns uint8 RGB."""
+    import matplotlib
+
+    colours = matplotlib.colormaps[colormap](np.clip(heat_map, 0, 1))[..., :3] * 255  # [S, S, 3]
+    blended = (1 - alpha) * np.asarray(image_rgb, dtype="float32") + alpha * colours
+    return np.clip(blended + 0.5, 0, 255).astype("uint8")
