@@ -5,7 +5,7 @@ import numpy as np
 import paddle
 import pytest
 
-from utils.gradcam import grad_cam, overlay
+from utils.gradcam import features_at, grad_cam, logit_from, overlay
 from utils.resnet import ResNet
 
 
@@ -44,3 +44,33 @@ def test_grad_cam_rejects_a_bad_label_and_overlay_blends():
     # jet(0) is dark blue (0, 0, 127.5): half of it added to half of the grey image
     np.testing.assert_array_equal(blended[0, 0], [50, 50, 114])
     assert blended.dtype == np.uint8 and blended.shape == (4, 4, 3)
+
+
+def test_grad_cam_of_an_earlier_stage_matches_finite_difference_gradients():
+    """Reference: the gradient of the logit w.r.t. stage 2's output by central differences (float64)."""
+    paddle.seed(7)
+    model = ResNet(layers=18)
+    model.eval()
+    image = np.random.default_rng(7).normal(size=(3, 32, 32)).astype("float32")
+    heat, _ = grad_cam(model, image, stage=1)  # stage 1 of 0-3: [1, 128, 4, 4]
+
+    model64 = ResNet(layers=18)
+    model64.set_state_dict(model.state_dict())
+    model64.to(dtype="float64")
+    model64.eval()
+    with paddle.no_grad():
+        features = features_at(model64, paddle.to_tensor(image[None].astype("float64")), 1).numpy()[0]
+        channels, h, w = features.shape  # [128, 4, 4]
+        # alpha_k = mean_ij dy/dA_k[i, j] = (1 / hw) d/dt y(A + t * ones on channel k): 2 runs per channel
+        step = 1e-6
+        ones = np.zeros((channels, channels, h, w))
+        ones[np.arange(channels), np.arange(channels)] = 1.0
+        plus = logit_from(model64, paddle.to_tensor(features + step * ones), 1).numpy()[:, 0]
+        minus = logit_from(model64, paddle.to_tensor(features - step * ones), 1).numpy()[:, 0]
+    alpha = (plus - minus) / (2 * step) / (h * w)  # [128]
+    cam = np.maximum(np.einsum("c,chw->hw", alpha, features), 0)
+    cam = cv2.resize(cam.astype("float32"), (32, 32), interpolation=cv2.INTER_LINEAR)
+    assert heat.shape == (32, 32)
+    assert np.abs(heat - cam / cam.max()).max() < 1e-3
+    with pytest.raises(ValueError, match="4"):
+        grad_cam(model, image, stage=4)

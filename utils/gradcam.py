@@ -15,21 +15,27 @@ import numpy as np
 import paddle
 
 
-def grad_cam(model, image, label=1):
-    """Grad-CAM heat map of one image for a one-logit classifier with ``features`` and ``head``.
+def grad_cam(model, image, label=1, stage=-1):
+    """Grad-CAM heat map of one image for a one-logit ``utils.resnet.ResNet``.
 
     ``image``: float32 ``[3, S, S]`` (as the data set yields it). ``label=1`` maps the evidence for
-    label 1 (the logit), ``label=0`` the evidence for label 0 (minus the logit). Returns
-    ``(heat map float32 [S, S] in [0, 1], probability of label 1)``; an all-zero map means no region
-    raised the score. Runs in eval mode and leaves the parameters' gradients untouched.
+    label 1 (the logit), ``label=0`` the evidence for label 0 (minus the logit). ``stage`` picks the
+    feature maps: -1 (the last stage, the usual choice; S/32 positions per side) or an earlier stage
+    0-2 for a finer map (S/4, S/8, S/16 per side), useful on small images. Returns ``(heat map
+    float32 [S, S] in [0, 1], probability of label 1)``; an all-zero map means no region raised the
+    score. Runs in eval mode and leaves the parameters' gradients untouched.
     """
     if label not in (0, 1):
         raise ValueError(f"label must be 0 or 1, got {label!r}")
+    stages = len(model.stages)
+    if not -stages <= stage < stages:
+        raise ValueError(f"stage must be in [{-stages}, {stages - 1}], got {stage!r}")
+    stage %= stages
     was_training = model.training
     model.eval()
     x = paddle.to_tensor(np.asarray(image, dtype="float32")[None])  # [1, 3, S, S]
-    features = model.features(x)  # [1, C, h, w]
-    logit = model.head(features)[0, 0]
+    features = features_at(model, x, stage)  # [1, C, h, w]
+    logit = logit_from(model, features, stage)[0, 0]
     score = logit if label == 1 else -logit
     (gradient,) = paddle.grad(score, features)  # [1, C, h, w]; does not accumulate into .grad
     weights = gradient.mean(axis=[2, 3], keepdim=True)  # alpha_k: [1, C, 1, 1]
@@ -41,6 +47,21 @@ def grad_cam(model, image, label=1):
     peak = cam.max()
     cam = cam / peak if peak > 0 else np.zeros_like(cam)
     return cam.astype("float32"), float(paddle.nn.functional.sigmoid(logit))
+
+
+def features_at(model, x, stage):
+    """The output of ``model.stages[stage]`` for images ``x`` ``[N, 3, S, S]``."""
+    x = model.pool(model.stem(x))
+    for block in model.stages[: stage + 1]:
+        x = block(x)
+    return x
+
+
+def logit_from(model, features, stage):
+    """The rest of the network: from the output of ``model.stages[stage]`` to the logits."""
+    for block in model.stages[stage + 1 :]:
+        features = block(features)
+    return model.head(features)
 
 
 def overlay(image_rgb, heat_map, alpha=0.45, colormap="jet"):
