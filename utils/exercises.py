@@ -28,21 +28,21 @@ def _judge(answer, expected, mistakes, what):
     ``mistakes``: (wrong answer, hint) pairs; an answer that matches one of them gets its hint.
     """
     if answer is None:
-        print(f"No answer yet: compute {what} and pass it in.")
+        print(f"No answer yet: compute {what}, then pass your answer to the checker.")
         return False
     answer = np.asarray(answer, dtype=np.float64)
     if answer.shape != expected.shape:
-        print(f"Not yet: {what} should have shape {expected.shape}, your answer has shape {answer.shape}.")
+        print(f"Not yet: {what} should have shape {expected.shape}; your answer has shape {answer.shape}.")
         return False
     if _close(answer, expected):
-        print(f"Right: {what} matches the reference.")
+        print(f"Right: your answer ({what}) agrees with the reference.")
         return True
     for wrong, hint in mistakes:
         if not _close(wrong, expected) and _close(answer, wrong):
             print(f"Not yet: {hint}")
             return False
     error = float(np.abs(answer - expected).max())
-    print(f"Not yet: {what} differs from the reference by up to {error:.3g}. Check each step of the formula.")
+    print(f"Not yet: your answer ({what}) differs from the reference by up to {error:.3g}. Check each step.")
     return False
 
 
