@@ -1,6 +1,8 @@
 """Tests for utils.palm: labels, layout, the Dataset and its cache, loaders, unpacking, data resolution."""
 
 import csv
+import itertools
+import multiprocessing
 import os
 import pathlib
 import shutil
@@ -315,6 +317,15 @@ def test_loader_epochs_are_reproducible_and_workers_do_not_change_them(data, tmp
     assert x.shape == (3, 3, 16, 16) and y.dtype == np.int64
     with pytest.raises(ValueError, match="num_workers must be >= 0, not -1"):
         palm.make_loader(dataset, num_workers=-1)
+
+
+def test_leaving_an_epoch_early_stops_the_workers(data, tmp_path):
+    dataset = palm.PalmDataset(data, "train", 16, cache_dir=tmp_path / "cache")
+    loader = palm.make_loader(dataset, batch_size=2, num_workers=2)
+    first = [y.numpy().tolist() for _, y in itertools.islice(loader, 2)]
+    assert first == [[0, 0], [0, 0]]
+    assert multiprocessing.active_children() == [], "worker processes still running"
+    assert len([y for _, y in loader]) == 4, "the next epoch runs normally"
 
 
 def test_shared_memory_only_with_room(tmp_path):
