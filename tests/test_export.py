@@ -1,0 +1,226 @@
+"""Tests for utils.export: the Paddle Inference predictor against the dygraph model, the command line
+on a tiny folder of images, and clear errors for bad inputs.
+
+Tolerance of the predictor-versus-dygraph comparison: |logit difference| <= 1e-4 * max(1, max |logit|).
+Both compute the same function in float32 (unit roundoff 6e-8), but not in the same order: the
+predictor folds every BatchNorm into its convolution's weights and runs oneDNN's blocked AVX-512
+convolutions, while dygraph runs BatchNorm separately after MKL's im2col + GEMM. Dot products of up
+to 4,608 terms summed in another order, through ~50 layers, differ by ~1e-6 to 1e-5 relative (2e-5
+absolute measured on ResNet-50 logits of size 3). A real mistake is orders of magnitude larger: a
+model exported with BatchNorm in training mode, or images preprocessed differently, moves the
+logits by more than 1e-2 (checked below, so the tolerance is known to catch it).
+"""
+
+import csv
+import os
+import shutil
+import subprocess
+import sys
+import warnings
+
+import cv2
+import numpy as np
+import paddle
+import pytest
+
+from utils.export import (
+    METADATA_FILE,
+    ExportedClassifier,
+    export_model,
+    image_paths,
+    load_batch,
+    main,
+    predict_folder,
+    predict_paths,
+    read_metadata,
+)
+from utils.palm import BadImageError
+from utils.resnet import ResNet
+from utils.synthetic_fundus import fundus_image
+from utils.train import TrainConfig, build_model, build_optimizer, load_model, predict, save_checkpoint
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RELATIVE_TOLERANCE = 5e-4
+
+
+def calibrated_model(layers, image_size, seed=0):
+    """A ResNet whose BatchNorm running statistics come from data, as after training (a fresh one has
+    mean 0 / variance 1, which makes eval-mode activations explode). With momentum 0, one training-mode
+    pass sets them to that batch's statistics."""
+    paddle.seed(seed)
+    model = ResNet(layers=layers, num_classes=1)
+    norms = [layer for layer in model.sublayers() if isinstance(layer, paddle.nn.BatchNorm2D)]
+    for norm in norms:
+        norm._momentum = 0.0
+    model.train()
+    images = np.random.default_rng(seed).uniform(-1, 1, (8, 3, image_size, image_size)).astype("float32")
+    with paddle.no_grad(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="When training, we now always track")
+        model(paddle.to_tensor(images))
+    for norm in norms:
+        norm._momentum = 0.9
+    model.eval()
+    return model
+
+
+def dygraph_logits(model, images):
+    with paddle.no_grad():
+        return model(paddle.to_tensor(images)).numpy()
+
+
+def max_allowed(reference):
+    return RELATIVE_TOLERANCE * max(1.0, float(np.abs(reference).max()))
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A ResNet-18 exported at 64 px, and the dygraph model it came from."""
+    model = calibrated_model(18, 64, seed=1)
+    folder = tmp_path_factory.mktemp("exported")
+    export_model(model, folder, 64)
+    return folder, model
+
+
+@pytest.fixture(scope="module")
+def classifier(exported):
+    return ExportedClassifier(exported[0])
+
+
+def check_predictor(classifier, model, images):
+    reference = dygraph_logits(model, images)
+    logits = classifier.logits(images)
+    assert logits.shape == (len(images), 1)
+    error = float(np.abs(logits - reference).max())
+    print(f"max |logit error| {error:.2e} (allowed {max_allowed(reference):.2e})")
+    assert error <= max_allowed(reference)
+    probabilities = 1 / (1 + np.exp(-reference.reshape(-1).astype(np.float64)))
+    assert np.abs(classifier.probabilities(images) - probabilities).max() <= max_allowed(reference) / 4
+    return reference
+
+
+@pytest.mark.parametrize(("layers", "image_size", "batch"), [(50, 64, 4), (18, 96, 1)])
+def test_predictor_matches_dygraph(tmp_path, layers, image_size, batch):
+    model = calibrated_model(layers, image_size)
+    images = np.random.default_rng(2).uniform(-1, 1, (batch, 3, image_size, image_size)).astype("float32")
+    export_model(model, tmp_path, image_size)
+    reference = check_predictor(ExportedClassifier(tmp_path), model, images)
+    # The tolerance is tight enough to catch BatchNorm left in training mode (batch statistics).
+    if batch > 1:
+        model.train()
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="When training, we now always track")
+            assert np.abs(dygraph_logits(model, images) - reference).max() > 100 * max_allowed(reference)
+
+
+@pytest.mark.parametrize("onednn", [True, False])
+def test_predictor_matches_dygraph_with_and_without_onednn(exported, classifier, onednn):
+    folder, model = exported
+    images = np.random.default_rng(3).uniform(-1, 1, (3, 3, 64, 64)).astype("float32")
+    check_predictor(classifier if onednn else ExportedClassifier(folder, onednn=False), model, images)
+
+
+def test_export_leaves_training_mode_and_records_the_image_size(tmp_path):
+    model = ResNet(layers=18)
+    model.train()
+    export_model(model, tmp_path, 80)
+    assert model.training
+    assert read_metadata(tmp_path)["image_size"] == 80
+
+
+def write_fundus_folder(folder, kinds=("P", "N", "H")):
+    """Small JPEG fundus images (not square, like the real ones) plus files that are not images."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, kind in enumerate(kinds):
+        rgb = fundus_image(kind, size=(150, 140), seed=i)
+        cv2.imwrite(str(folder / f"{kind}{i:04d}.jpg"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    (folder / ".DS_Store").write_bytes(b"\x00\x01")
+    (folder / "notes.txt").write_text("not an image")
+    return folder
+
+
+def test_load_batch_is_the_training_preprocessing(tmp_path):
+    folder = write_fundus_folder(tmp_path / "images", kinds=("P",))
+    batch = load_batch(image_paths(folder), 32)
+    bgr = cv2.imread(str(folder / "P0000.jpg"))
+    expected = cv2.resize(bgr[:, :, ::-1], (32, 32), interpolation=cv2.INTER_AREA)  # RGB, area resize
+    expected = expected.transpose(2, 0, 1).astype(np.float64) / 127.5 - 1.0
+    assert batch.shape == (1, 3, 32, 32) and batch.dtype == np.float32
+    assert np.abs(batch[0] - expected).max() < 1e-6
+
+
+def test_command_line_exports_a_checkpoint_and_predicts_a_folder(tmp_path):
+    config = TrainConfig(arch=18, image_size=64, seed=5)
+    model = build_model(config)
+    checkpoint = tmp_path / "best.pdparams"
+    save_checkpoint(checkpoint, model, build_optimizer(model, config), 1, config, [], None)
+    images = write_fundus_folder(tmp_path / "images")
+    out = tmp_path / "inference"
+    assert main(["export", "--checkpoint", str(checkpoint), "--out", str(out)]) == 0
+    assert read_metadata(out)["image_size"] == 64
+    table = tmp_path / "predictions.csv"
+    command = [sys.executable, "-m", "utils.export", "predict", "--model", str(out), "--images", str(images),
+               "--batch-size", "2", "--csv", str(table)]  # 3 images: a full batch, then a batch of 1
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = list(csv.DictReader(table.open()))
+    # Sorted by name; .DS_Store and notes.txt skipped.
+    assert [row["name"] for row in rows] == ["H0002.jpg", "N0001.jpg", "P0000.jpg"]
+    assert "3 images" in done.stdout and "P0000.jpg" in done.stdout
+    reference_model, _ = load_model(checkpoint)
+    for row in rows:  # the dygraph model on each image through utils.train.predict, one at a time
+        expected = predict(reference_model, images / row["name"], image_size=64)
+        assert abs(float(row["probability"]) - expected) <= 1e-5
+        assert int(row["label"]) == int(float(row["probability"]) >= 0.5)
+
+
+def test_predict_paths_batches_give_the_same_probabilities(classifier, tmp_path):
+    paths = image_paths(write_fundus_folder(tmp_path / "images"))
+    one_batch = predict_paths(classifier, paths, batch_size=3)
+    single = predict_paths(classifier, paths, batch_size=1)
+    assert [r["name"] for r in one_batch] == [r["name"] for r in single]
+    gaps = [abs(a["probability"] - b["probability"]) for a, b in zip(one_batch, single, strict=True)]
+    assert max(gaps) < 1e-5
+
+
+def test_missing_or_incomplete_model_folder_is_named(exported, tmp_path):
+    folder, _ = exported
+    with pytest.raises(FileNotFoundError, match="no exported model folder at .*nowhere"):
+        ExportedClassifier(tmp_path / "nowhere")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(FileNotFoundError, match="empty.* is not an exported model"):
+        ExportedClassifier(empty)
+    without_metadata = tmp_path / "without_metadata"
+    shutil.copytree(folder, without_metadata)
+    (without_metadata / METADATA_FILE).unlink()
+    with pytest.raises(FileNotFoundError, match="export.json"):
+        ExportedClassifier(without_metadata)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 32, 32), (3, 64, 64), (2, 1, 64, 64), (0, 3, 64, 64)])
+def test_wrong_input_shape_is_refused(classifier, shape):
+    with pytest.raises(ValueError, match=r"exported at 64 px.*" + r"\[" + ", ".join(map(str, shape)) + r"\]"):
+        classifier.logits(np.zeros(shape, np.float32))
+
+
+def test_bad_image_folders_are_named(exported, tmp_path):
+    folder, _ = exported
+    with pytest.raises(FileNotFoundError, match="no image folder at .*missing"):
+        predict_folder(folder, tmp_path / "missing")
+    no_images = tmp_path / "no_images"
+    no_images.mkdir()
+    (no_images / "readme.txt").write_text("nothing here")
+    with pytest.raises(ValueError, match="no images .* in .*no_images"):
+        predict_folder(folder, no_images)
+    corrupt = write_fundus_folder(tmp_path / "corrupt", kinds=("P",))
+    (corrupt / "V0001.jpg").write_bytes(b"\xff\xd8 not really a JPEG")
+    with pytest.raises(BadImageError, match="V0001.jpg"):
+        predict_folder(folder, corrupt)
+    with pytest.raises(ValueError, match="batch_size must be >= 1, got 0"):
+        predict_folder(folder, corrupt, batch_size=0)
+
+
+def test_command_line_requires_its_arguments(capsys):
+    with pytest.raises(SystemExit):
+        main(["predict", "--model", "somewhere"])
+    assert "--images" in capsys.readouterr().err

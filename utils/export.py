@@ -1,0 +1,247 @@
+"""Deploy the trained classifier: export it with ``paddle.jit.save``, predict with Paddle Inference.
+
+Training needs the Python model, its optimizer and autograd; prediction needs none of them. An
+exported model is a static graph plus its weights, which Paddle Inference optimizes before running:
+it folds every BatchNorm into the convolution before it (in eval mode BN is an affine map per
+channel, so ``conv(x) * a + b`` is one convolution with scaled weights and a bias), fuses the ReLUs
+into the convolutions, and on a CPU runs them with oneDNN kernels. The maths is the same as the
+dygraph model's; only the float32 rounding differs (``tests/test_export.py`` states the tolerance).
+
+Files of an exported model folder::
+
+    model.json, model.pdiparams   the graph and the weights (``paddle.jit.save``; Paddle 3 writes
+                                  ``model.json``, Paddle 2 wrote ``model.pdmodel``)
+    export.json                   the image size and preprocessing the model expects
+
+Command line::
+
+    python -m utils.export export --checkpoint runs/resnet/best.pdparams --out runs/resnet/inference
+    python -m utils.export predict --model runs/resnet/inference --images FOLDER [--csv predictions.csv]
+"""
+
+import argparse
+import csv
+import json
+import pathlib
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+from utils.course import configure_environment, cpu_count
+
+if __name__ == "__main__":  # an entry point: set Paddle's environment before importing it
+    configure_environment()
+
+import numpy as np  # noqa: E402
+
+from utils.course import import_paddle_quietly  # noqa: E402
+
+paddle = import_paddle_quietly()
+
+from utils.palm import list_images, read_image, resize_image, to_chw  # noqa: E402
+
+#: File names inside an exported model folder.
+MODEL_PREFIX = "model"
+METADATA_FILE = "export.json"
+#: What the exported model's inputs must look like (written into ``export.json``, checked on loading).
+PREPROCESSING = "RGB, resized to image_size x image_size (area interpolation), x / 127.5 - 1, [N, 3, S, S]"
+
+
+def export_model(model, out_dir, image_size):
+    """Save ``model`` (in eval mode) for Paddle Inference under ``out_dir``; returns ``out_dir``.
+
+    The input is declared as float32 ``[batch, 3, image_size, image_size]`` with any batch size.
+    """
+    out_dir = pathlib.Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    was_training = model.training
+    model.eval()  # BatchNorm must use its running statistics in the saved graph
+    spec = paddle.static.InputSpec([None, 3, image_size, image_size], "float32", name="image")
+    paddle.jit.save(model, str(out_dir / MODEL_PREFIX), input_spec=[spec])
+    if was_training:
+        model.train()
+    metadata = {"image_size": int(image_size), "preprocessing": PREPROCESSING,
+                "output": "one logit per image", "label_1": "pathologic myopia", "paddle": paddle.__version__}
+    (out_dir / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
+    return out_dir
+
+
+def export_checkpoint(checkpoint, out_dir):
+    """Export the model of a ``utils.train`` checkpoint at the image size it was trained at."""
+    from utils.train import load_model  # imported here: training code is not needed to predict
+
+    model, config = load_model(checkpoint)
+    return export_model(model, out_dir, config.image_size)
+
+
+def model_files(model_dir):
+    """``(graph file, weights file)`` of an exported model folder; a clear error if either is missing."""
+    model_dir = pathlib.Path(model_dir)
+    if not model_dir.is_dir():
+        raise FileNotFoundError(f"no exported model folder at '{model_dir}': run "
+                                "`python -m utils.export export --checkpoint CKPT --out DIR` first")
+    params = model_dir / f"{MODEL_PREFIX}.pdiparams"
+    graphs = [model_dir / f"{MODEL_PREFIX}{suffix}" for suffix in (".json", ".pdmodel")]
+    graph = next((g for g in graphs if g.is_file()), None)
+    if graph is None or not params.is_file():
+        raise FileNotFoundError(f"'{model_dir}' is not an exported model: it needs {MODEL_PREFIX}.json (or "
+                                f".pdmodel) and {MODEL_PREFIX}.pdiparams, written by `python -m utils.export "
+                                "export`")
+    return graph, params
+
+
+def read_metadata(model_dir):
+    """The ``export.json`` of an exported model folder (image size and preprocessing)."""
+    path = pathlib.Path(model_dir) / METADATA_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"'{path}' is missing: the folder was not written by utils.export, so the "
+                                "image size the model expects is unknown; export it again")
+    return json.loads(path.read_text())
+
+
+class ExportedClassifier:
+    """An exported model loaded into a Paddle Inference predictor.
+
+    On a CPU: ``threads`` math threads (default: all cores) and oneDNN kernels (``onednn=True``);
+    on a GPU when ``device`` is "gpu" (or None and Paddle sees one). ``logits(images)`` takes
+    float32 ``[N, 3, S, S]`` preprocessed like the training data (:func:`load_batch`).
+    """
+
+    def __init__(self, model_dir, threads=None, onednn=True, device=None):
+        from utils.course import pick_device
+
+        graph, params = model_files(model_dir)
+        self.image_size = int(read_metadata(model_dir)["image_size"])
+        config = paddle.inference.Config(str(graph), str(params))
+        self.device = pick_device(device)
+        if self.device.startswith("gpu"):
+            config.enable_use_gpu(256, 0)  # initial memory pool in MB, device 0
+        else:
+            config.disable_gpu()
+            config.set_cpu_math_library_num_threads(int(threads or cpu_count()))
+            if onednn and paddle.base.core.is_compiled_with_onednn():
+                config.enable_onednn()
+        config.switch_ir_optim(True)  # BN folding, conv + ReLU fusion, ...
+        config.disable_glog_info()
+        self.predictor = paddle.inference.create_predictor(config)
+        self._input = self.predictor.get_input_handle(self.predictor.get_input_names()[0])
+        self._output = self.predictor.get_output_handle(self.predictor.get_output_names()[0])
+
+    def logits(self, images):
+        """Logits ``[N, 1]`` of a float32 batch ``[N, 3, S, S]``."""
+        images = np.ascontiguousarray(images, dtype=np.float32)
+        expected = (3, self.image_size, self.image_size)
+        if images.ndim != 4 or images.shape[1:] != expected or len(images) == 0:
+            size = self.image_size
+            raise ValueError(f"images must have shape [N, 3, {size}, {size}] with N >= 1 (this model was "
+                             f"exported at {size} px), got {list(images.shape)}")
+        self._input.reshape(list(images.shape))
+        self._input.copy_from_cpu(images)
+        self.predictor.run()
+        return self._output.copy_to_cpu()
+
+    def probabilities(self, images):
+        """Probability of label 1 (pathologic myopia) for each image of a batch: ``[N]``."""
+        return 1.0 / (1.0 + np.exp(-self.logits(images).reshape(-1).astype(np.float64)))
+
+
+def load_batch(paths, image_size, pool=None):
+    """Decode and preprocess image files like the training data: float32 ``[N, 3, S, S]``.
+
+    ``pool`` (a thread pool) decodes in parallel: OpenCV releases the GIL while it decodes.
+    """
+    def load(path):
+        return to_chw(resize_image(read_image(path), image_size))
+
+    images = list(pool.map(load, paths)) if pool is not None else [load(p) for p in paths]
+    return np.stack(images)
+
+
+def image_paths(image_dir):
+    """Sorted image files of a folder (other files are skipped); a clear error if there are none."""
+    image_dir = pathlib.Path(image_dir)
+    if not image_dir.is_dir():
+        raise FileNotFoundError(f"no image folder at '{image_dir}'")
+    names = list_images(image_dir)
+    if not names:
+        raise ValueError(f"no images (.jpg, .png, ...) in '{image_dir}'")
+    return [image_dir / name for name in names]
+
+
+def predict_paths(classifier, paths, batch_size=10, threshold=0.5):
+    """Predict image files in batches; returns one dict per image: ``name``, ``probability``, ``label``.
+
+    The next batch is decoded on a thread while the predictor runs the current one.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    batches = [paths[i : i + batch_size] for i in range(0, len(paths), batch_size)]
+    rows = []
+    with ThreadPoolExecutor(max(1, cpu_count())) as pool, ThreadPoolExecutor(1) as loader:
+        pending = loader.submit(load_batch, batches[0], classifier.image_size, pool)
+        for i, batch in enumerate(batches):
+            images = pending.result()
+            if i + 1 < len(batches):
+                pending = loader.submit(load_batch, batches[i + 1], classifier.image_size, pool)
+            for path, probability in zip(batch, classifier.probabilities(images), strict=True):
+                rows.append({"name": path.name, "probability": float(probability),
+                             "label": int(probability >= threshold)})
+    return rows
+
+
+def predict_folder(model_dir, image_dir, batch_size=10, threshold=0.5, threads=None, onednn=True,
+                   device=None):
+    """Classify every image in ``image_dir`` with the exported model in ``model_dir`` (sorted by name)."""
+    paths = image_paths(image_dir)
+    classifier = ExportedClassifier(model_dir, threads=threads, onednn=onednn, device=device)
+    return predict_paths(classifier, paths, batch_size, threshold)
+
+
+def write_csv(path, rows):
+    """Write prediction rows (``name, probability, label``) to a CSV file."""
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["name", "probability", "label"])
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m utils.export",
+                                     description="Export the trained eye-disease classifier for Paddle "
+                                     "Inference, and predict a folder of images with it.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    export = commands.add_parser("export", help="write an inference model from a utils.train checkpoint")
+    export.add_argument("--checkpoint", required=True, metavar="FILE",
+                        help="a checkpoint of `python -m utils.train` (e.g. runs/resnet/best.pdparams)")
+    export.add_argument("--out", required=True, metavar="DIR", help="folder for the exported model")
+    predict = commands.add_parser("predict", help="classify every image of a folder")
+    predict.add_argument("--model", required=True, metavar="DIR", help="an exported model folder")
+    predict.add_argument("--images", required=True, metavar="DIR", help="folder of fundus images")
+    predict.add_argument("--batch-size", type=int, default=10, help="default: %(default)s")
+    predict.add_argument("--threshold", type=float, default=0.5,
+                         help="probability from which an image is labelled 1 (default: %(default)s)")
+    predict.add_argument("--csv", metavar="FILE", help="also write the predictions to this CSV file")
+    predict.add_argument("--no-onednn", action="store_true", help="CPU: Paddle's plain kernels, not oneDNN")
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.command == "export":
+        out_dir = export_checkpoint(args.checkpoint, args.out)
+        print(f"exported to {out_dir} (image size {read_metadata(out_dir)['image_size']} px)")
+        return 0
+    rows = predict_folder(args.model, args.images, args.batch_size, args.threshold, onednn=not args.no_onednn)
+    width = max(len(row["name"]) for row in rows)
+    for row in rows:
+        print(f"{row['name']:<{width}}  probability {row['probability']:.4f}  label {row['label']}")
+    positives = sum(row["label"] for row in rows)
+    print(f"{len(rows)} images: {positives} predicted pathologic myopia (label 1), "
+          f"{len(rows) - positives} not")
+    if args.csv:
+        write_csv(args.csv, rows)
+        print(f"wrote {args.csv}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
