@@ -432,13 +432,15 @@ def test_resolve_falls_back_to_a_synthetic_set_generated_once(tmp_path, monkeypa
     options = {"n_train": 5, "n_valid": 4, "image_size": 32, "seed": 1}
     kwargs = {"data_dir": tmp_path / "d", "aistudio_dir": tmp_path / "none", "synthetic_options": options}
     root, kind = palm.resolve_data_root(**kwargs)
-    out = capsys.readouterr().out
+    first = capsys.readouterr()
     assert kind == "synthetic" and root == tmp_path / "d" / "synthetic"
-    assert "SYNTHETIC" in out and "generated now" in out and str(tmp_path) not in out
+    assert "SYNTHETIC" in first.out and str(tmp_path) not in first.out
+    assert "Generating the synthetic data set (5 + 4 images, 32 px)" in first.err
     assert len(palm.PalmDataset(root, "train", 16, cache=False)) == 5
     stamp = (root / "PALM-Validation400" / "V0001.jpg").stat().st_mtime_ns
     palm.resolve_data_root(**kwargs)
-    assert "generated earlier" in capsys.readouterr().out
+    second = capsys.readouterr()
+    assert second.out == first.out and second.err == "", "stdout identical whether generated now or not"
     assert (root / "PALM-Validation400" / "V0001.jpg").stat().st_mtime_ns == stamp
     palm.resolve_data_root(**dict(kwargs, synthetic_options=dict(options, n_train=6)), quiet=True)
     assert len(palm.PalmDataset(root, "train", 16, cache=False)) == 6, "other options: regenerated"

@@ -582,7 +582,9 @@ def ensure_synthetic(out_dir, n_train, n_valid, image_size, seed, progress=False
     partial = out_dir.with_name(f".{out_dir.name}.{os.getpid()}.tmp")
     shutil.rmtree(partial, ignore_errors=True)
     if progress:
-        print(f"Generating the synthetic data set ({n_train} + {n_valid} images, {image_size} px) ...")
+        # stderr: a notebook's stdout must read the same whether the set was generated now or before
+        print(f"Generating the synthetic data set ({n_train} + {n_valid} images, {image_size} px) ...",
+              file=sys.stderr, flush=True)
     synthetic_fundus.make_dataset(partial, n_train, n_valid, image_size, seed)
     (partial / "synthetic.json").write_text(json.dumps(options))
     stale = out_dir.with_name(f".{out_dir.name}.{os.getpid()}.old")
@@ -647,9 +649,8 @@ def resolve_data_root(data_root=None, data_dir=None, aistudio_dir=AISTUDIO_DATA,
         return local, "real"
     options = dict(SYNTHETIC_OPTIONS, **(synthetic_options or {}))
     root, generated = ensure_synthetic(data_dir / "synthetic", progress=not quiet, **options)
-    when = "generated now" if generated else "generated earlier"
-    say(f"Data: SYNTHETIC fundus images in {display_path(root)} ({when}; no real iChallenge-PM data found, "
-        "see data/README.md). They are drawn, not photographs of eyes.")
+    say(f"Data: SYNTHETIC fundus images in {display_path(root)} (no real iChallenge-PM data found, see "
+        "data/README.md). They are drawn, not photographs of eyes.")
     return root, "synthetic"
 
 
