@@ -154,7 +154,7 @@ def test_sampler_order_depends_on_seed_and_epoch_and_shards_cover_everything():
     assert set(shards[0]) | set(shards[1]) == set(range(11))
 
 
-def test_train_learns_keeps_history_and_saves_the_best_auc_checkpoint(tmp_path):
+def test_train_keeps_history_and_saves_the_best_auc_checkpoint(tmp_path):
     model, result = tiny_run(tmp_path)
     history = result["history"]
     assert [row["epoch"] for row in history] == [1, 2]

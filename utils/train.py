@@ -209,7 +209,10 @@ def train_one_epoch(model, loader, optimizer, description="train", progress=True
     """
     model.train()
     loss_sum, correct, seen = 0.0, 0, 0
-    bar = tqdm(loader, desc=description, disable=not progress, file=sys.stderr, leave=False)
+    # A terminal redraws the bar in place; elsewhere (a notebook's stored stderr, a log file) every
+    # redraw is kept, so redraw rarely there.
+    redraw = 0.1 if sys.stderr.isatty() else 2.0
+    bar = tqdm(loader, desc=description, disable=not progress, file=sys.stderr, mininterval=redraw)
     for images, labels in bar:
         logits = model(images)
         loss = binary_loss(logits, labels)
@@ -220,7 +223,7 @@ def train_one_epoch(model, loader, optimizer, description="train", progress=True
         loss_sum += float(loss) * count
         correct += int(((logits.reshape([-1]) >= 0) == (labels.reshape([-1]) == 1)).astype("int64").sum())
         seen += count
-        bar.set_postfix(loss=f"{loss_sum / seen:.3f}")
+        bar.set_postfix(loss=f"{loss_sum / seen:.3f}", refresh=False)  # shown at the next redraw
     return {"train_loss": loss_sum / seen, "train_accuracy": correct / seen}
 
 
