@@ -223,6 +223,7 @@ def test_command_line_end_to_end_and_resume(tiny_fundus):
               "--lr", "0.01", "--seed", "1", "--out", str(out), "--cache-dir", str(tiny_fundus / "cache")]
     stdout = run_cli("-m", "utils.train", *common, "--epochs", "1")
     assert "epoch 1: train loss" in stdout and "best epoch 1" in stdout
+    assert "Data: SYNTHETIC fundus images in .../data" in stdout
     assert {p.name for p in out.iterdir()} == {METRICS_FILE, LAST_CHECKPOINT, BEST_CHECKPOINT, CURVES_FILE}
     stdout = run_cli("-m", "utils.train", *common, "--epochs", "2", "--resume")
     assert "epoch 1:" not in stdout and "epoch 2: train loss" in stdout
@@ -238,11 +239,16 @@ def test_command_line_end_to_end_and_resume(tiny_fundus):
     assert config.image_size == 32 and config.lr == 0.01 and not model.training
 
 
-def test_command_line_rejects_bad_flags():
-    with pytest.raises(SystemExit):
-        parse_args(["--image-size", "16"])
-    with pytest.raises(SystemExit):
-        parse_args(["--arch", "42"])
+def test_command_line_rejects_bad_flags(tmp_path, capsys):
+    for flags, message in [
+        (["--image-size", "16"], "got 16"),
+        (["--arch", "42"], "42"),
+        (["--epochs", "0"], "--epochs must be at least 1"),
+        (["--resume", "--out", str(tmp_path)], f"no {LAST_CHECKPOINT} in {tmp_path}"),
+    ]:
+        with pytest.raises(SystemExit):
+            parse_args(flags)
+        assert message in capsys.readouterr().err
     args = parse_args([])
     assert (args.arch, args.epochs, args.batch_size, args.image_size, args.lr) == (50, 5, 10, 224, 0.001)
     assert (args.momentum, args.weight_decay, args.data, args.resume) == (0.9, 0.001, None, False)

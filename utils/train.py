@@ -476,6 +476,8 @@ def parse_args(argv=None):
             parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if args.image_size < 32:
         parser.error(f"--image-size must be at least 32 (ResNet downsamples by 32), got {args.image_size}")
+    if args.resume and not (pathlib.Path(args.out) / LAST_CHECKPOINT).is_file():
+        parser.error(f"--resume: no {LAST_CHECKPOINT} in {args.out} to continue from (check --out)")
     return args
 
 
@@ -497,9 +499,13 @@ def main(argv=None):
     set_math_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     rank = paddle.distributed.get_rank()
     seed_everything(config.seed)
-    root, source = resolve_data_root(args.data, quiet=rank != 0)
-    if (pathlib.Path(root) / NOTICE_FILE).is_file():  # a synthetic set passed as --data
+    # resolve_data_root calls any folder given as --data "real": check for the synthetic set's notice file.
+    root, source = resolve_data_root(args.data, quiet=rank != 0 or args.data is not None)
+    if (pathlib.Path(root) / NOTICE_FILE).is_file():
         source = "synthetic"
+    if args.data is not None and rank == 0:
+        kind = "SYNTHETIC fundus" if source == "synthetic" else "the real iChallenge-PM"
+        print(f"Data: {kind} images in {display_path(root)}")
     train_set, valid_set = make_datasets(root, config, args.cache_dir)
     train_loader = make_loader(train_set, config.batch_size, shuffle=True, seed=config.seed,
                                num_workers=config.num_workers, distributed=world > 1)
