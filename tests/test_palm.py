@@ -450,3 +450,15 @@ def test_resolve_falls_back_to_a_synthetic_set_generated_once(tmp_path, monkeypa
 def test_display_path_never_shows_absolute_paths(tmp_path):
     assert palm.display_path(palm.DATA_DIR / "synthetic") == "data/synthetic"
     assert palm.display_path(tmp_path / "x" / "palm") == ".../palm"
+
+
+def test_resolve_reports_a_synthetic_set_given_by_path_as_synthetic(tmp_path, monkeypatch, capsys):
+    """A generated set passed explicitly (or through PALM_DATA) must never be called real data."""
+    options = {"n_train": 5, "n_valid": 4, "image_size": 32, "seed": 1}
+    root, _ = palm.resolve_data_root(data_dir=tmp_path / "d", aistudio_dir=tmp_path / "none",
+                                     synthetic_options=options, quiet=True)
+    assert palm.resolve_data_root(data_root=root) == (root, "synthetic")
+    monkeypatch.setenv("PALM_DATA", str(root))
+    assert palm.resolve_data_root(data_dir=tmp_path / "other") == (root, "synthetic")
+    out = capsys.readouterr().out
+    assert "SYNTHETIC" in out and "real" not in out

@@ -632,6 +632,9 @@ def resolve_data_root(data_root=None, data_dir=None, aistudio_dir=AISTUDIO_DATA,
     if explicit:
         root = pathlib.Path(explicit)
         find_layout(root)
+        if (root / synthetic_fundus.NOTICE_FILE).is_file():  # a generated set given by path
+            say(f"Data: SYNTHETIC fundus images in {display_path(root)}. They are drawn, not photographs.")
+            return root, "synthetic"
         say(f"Data: the real iChallenge-PM images in {display_path(root)}")
         return root, "real"
     local = data_dir / "palm"
