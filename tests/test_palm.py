@@ -14,7 +14,7 @@ import openpyxl
 import pytest
 
 from utils import palm
-from utils.synthetic_fundus import make_dataset
+from utils.synthetic_fundus import NOTICE_FILE, make_dataset
 
 TRAIN = pathlib.Path("PALM-Training400", "PALM-Training400")
 VALID = pathlib.Path("PALM-Validation400")
@@ -406,6 +406,7 @@ def test_prepare_command(tiny_set, tmp_path, capsys):
 
 
 def test_resolve_prefers_palm_data_then_data_palm(data, tmp_path, monkeypatch, capsys):
+    (data / NOTICE_FILE).unlink()  # without its notice the tiny set stands in for real data
     monkeypatch.setenv("PALM_DATA", str(data))
     assert palm.resolve_data_root(data_dir=tmp_path / "d", aistudio_dir=tmp_path / "none") == (data, "real")
     assert "real iChallenge-PM" in capsys.readouterr().out
