@@ -1,15 +1,15 @@
 """Tests for utils.export: the Paddle Inference predictor against the dygraph model, the command line
 on a tiny folder of images, and clear errors for bad inputs.
 
-Tolerance of the predictor-versus-dygraph comparison: |logit difference| <= 1e-4 * max(1, max |logit|).
-Both compute the same function in float32 (unit roundoff 6e-8), but not in the same order: the
-predictor folds every BatchNorm into its convolution's weights and runs oneDNN's blocked AVX-512
-convolutions, while dygraph runs BatchNorm separately after MKL's im2col + GEMM. Dot products of up
-to 4,608 terms summed in another order, through ~50 layers, differ by ~1e-6 to 1e-5 relative (2e-5
-absolute measured on ResNet-50 logits of size 3). A real mistake is orders of magnitude larger: a
-model exported with BatchNorm in training mode, or images preprocessed differently, moves the
-logits by more than 1e-2 (checked below, so the tolerance is known to catch it).
-"""
+Tolerance of the predictor-versus-dygraph comparison: |logit difference| <= 5e-4 * max(1, max |logit|),
+and a quarter of that for probabilities (the sigmoid's slope is at most 1/4). Both compute the same
+function in float32 (unit roundoff 6e-8), but not in the same order: the predictor folds every
+BatchNorm into its convolution's weights and runs oneDNN's blocked AVX-512 convolutions, while dygraph
+runs BatchNorm separately after MKL's im2col + GEMM. Dot products of up to 4,608 terms summed in another
+order, through ~50 layers, differ by ~1e-6 to 1e-5 relative: 5e-5 was measured on ResNet-50 logits of
+size 1.4, so the tolerance leaves a margin of 10. A real mistake is far larger: a model exported with
+BatchNorm in training mode moves the logits by more than 100 times the tolerance (checked below, so
+the tolerance is known to catch it)."""
 
 import csv
 import os
