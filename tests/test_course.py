@@ -12,6 +12,8 @@ import pytest
 from utils import course, notebooks
 
 AMD_AVX2 = "vendor_id\t: AuthenticAMD\nflags\t\t: fpu sse2 avx avx2 fma\n"
+AMD_AVX512 = "vendor_id\t: AuthenticAMD\nflags\t\t: fpu avx2 avx512f avx512dq avx512cd avx512bw avx512vl\n"
+AMD_AVX512F_ONLY = "vendor_id\t: AuthenticAMD\nflags\t\t: fpu avx2 avx512f\n"
 AMD_NO_AVX2 = "vendor_id\t: AuthenticAMD\nflags\t\t: fpu sse2 avx\n"
 INTEL_AVX2 = "vendor_id\t: GenuineIntel\nflags\t\t: fpu sse2 avx avx2 fma\n"
 
@@ -47,13 +49,15 @@ def test_device_is_gpu_when_one_is_present(monkeypatch):
 
 
 @pytest.mark.parametrize(
-    ("cpuinfo", "expected"), [(AMD_AVX2, True), (AMD_NO_AVX2, False), (INTEL_AVX2, False), (None, False)]
+    ("cpuinfo", "expected"),
+    [(AMD_AVX512, "7"), (AMD_AVX512F_ONLY, "5"), (AMD_AVX2, "5"), (AMD_NO_AVX2, None), (INTEL_AVX2, None),
+     (None, None)],
 )
-def test_mkl_amd_path_only_on_amd_with_avx2(tmp_path, cpuinfo, expected):
+def test_mkl_code_path_only_on_amd_cpus_that_have_the_instructions(tmp_path, cpuinfo, expected):
     path = tmp_path / "cpuinfo"
     if cpuinfo is not None:
         path.write_text(cpuinfo)
-    assert course.wants_mkl_amd_path(str(path)) is expected
+    assert course.mkl_cpu_type(str(path)) == expected
 
 
 def test_configure_environment_never_sets_mkl_path_without_avx2(tmp_path, monkeypatch):
@@ -62,9 +66,15 @@ def test_configure_environment_never_sets_mkl_path_without_avx2(tmp_path, monkey
     monkeypatch.delenv("MKL_DEBUG_CPU_TYPE", raising=False)
     course.configure_environment(cpuinfo_path=str(path))
     assert "MKL_DEBUG_CPU_TYPE" not in os.environ
-    path.write_text(AMD_AVX2)
+    for cpuinfo, expected in [(AMD_AVX2, "5"), (AMD_AVX512, "7")]:
+        monkeypatch.delenv("MKL_DEBUG_CPU_TYPE", raising=False)
+        path.write_text(cpuinfo)
+        course.configure_environment(cpuinfo_path=str(path))
+        assert os.environ["MKL_DEBUG_CPU_TYPE"] == expected
+    monkeypatch.setenv("MKL_DEBUG_CPU_TYPE", "5")
+    path.write_text(AMD_AVX512)
     course.configure_environment(cpuinfo_path=str(path))
-    assert os.environ["MKL_DEBUG_CPU_TYPE"] == "5"
+    assert os.environ["MKL_DEBUG_CPU_TYPE"] == "5", "a value the user set is kept"
 
 
 def test_math_threads_equal_the_number_of_cores():

@@ -95,7 +95,7 @@ def worker_env(variant, threads):
     if variant == "original":
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = "1"  # Paddle's default: one math thread
     else:
-        # MKL_DEBUG_CPU_TYPE as utils.course.configure_environment set it (only on AMD CPUs with AVX2)
+        # MKL_DEBUG_CPU_TYPE as utils.course.configure_environment set it (AMD CPUs with AVX2 / AVX-512)
         env.update({key: os.environ[key] for key in MATH_ENV if key in os.environ})
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))

@@ -58,14 +58,28 @@ def _cpu_flags_and_vendor(cpuinfo_path="/proc/cpuinfo"):
     return vendor, flags
 
 
-def wants_mkl_amd_path(cpuinfo_path="/proc/cpuinfo"):
-    """True on an AMD CPU with AVX2, where Intel MKL otherwise takes a slow generic code path.
+#: CPU flags MKL's AVX-512 (Skylake-server) kernels need.
+_AVX512_FLAGS = {"avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl"}
 
-    ``MKL_DEBUG_CPU_TYPE=5`` tells MKL to use its AVX2 kernels. It is only safe where AVX2 exists,
-    and pointless on Intel CPUs (MKL already picks the fast path there).
+#: What each MKL_DEBUG_CPU_TYPE value the course sets means.
+MKL_CPU_TYPES = {"5": "AVX2", "7": "AVX-512"}
+
+
+def mkl_cpu_type(cpuinfo_path="/proc/cpuinfo"):
+    """The ``MKL_DEBUG_CPU_TYPE`` value for this CPU: "7", "5" or None.
+
+    Paddle's CPU wheel runs convolutions and matrix products in Intel MKL, which takes a slow
+    generic code path on AMD CPUs. ``MKL_DEBUG_CPU_TYPE`` picks its kernels instead: "7" the AVX-512
+    ones (AMD Zen 4 and later), "5" the AVX2 ones. Each is only safe where the CPU has those
+    instructions, and pointless on Intel CPUs, where MKL already picks the fast path. Never "6":
+    those are Xeon Phi kernels and die with an illegal instruction elsewhere.
     """
     vendor, flags = _cpu_flags_and_vendor(cpuinfo_path)
-    return vendor == "AuthenticAMD" and "avx2" in flags
+    if vendor != "AuthenticAMD":
+        return None
+    if _AVX512_FLAGS <= flags:
+        return "7"
+    return "5" if "avx2" in flags else None
 
 
 def configure_environment(threads=None, cpuinfo_path="/proc/cpuinfo"):
@@ -74,7 +88,7 @@ def configure_environment(threads=None, cpuinfo_path="/proc/cpuinfo"):
     - ``GLOG_minloglevel=2`` silences Paddle's C++ info/warning log lines on stderr.
     - ``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS`` = number of cores (Paddle's CPU build uses one
       math thread otherwise).
-    - ``MKL_DEBUG_CPU_TYPE=5`` on AMD CPUs with AVX2 (see :func:`wants_mkl_amd_path`).
+    - ``MKL_DEBUG_CPU_TYPE`` 7 or 5 on AMD CPUs with AVX-512 or AVX2 (see :func:`mkl_cpu_type`).
 
     Values already set by the user are kept. Returns the number of math threads.
     """
@@ -82,8 +96,9 @@ def configure_environment(threads=None, cpuinfo_path="/proc/cpuinfo"):
     os.environ.setdefault("GLOG_minloglevel", "2")
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
     os.environ.setdefault("MKL_NUM_THREADS", str(threads))
-    if wants_mkl_amd_path(cpuinfo_path):
-        os.environ.setdefault("MKL_DEBUG_CPU_TYPE", "5")
+    cpu_type = mkl_cpu_type(cpuinfo_path)
+    if cpu_type:
+        os.environ.setdefault("MKL_DEBUG_CPU_TYPE", cpu_type)
     # Paddle warns once per import that ccache is missing: irrelevant to users of the wheel.
     warnings.filterwarnings("ignore", message=".*ccache.*")
     return threads
@@ -159,8 +174,8 @@ def set_math_threads(threads):
 def setup(seed=0, device=None, quiet=False):
     """Configure the environment, import Paddle, seed everything, pick the device.
 
-    Returns a dict with ``device``, ``threads``, ``seed``, ``mkl_amd_path``, ``hosted`` and the
-    versions, and prints one line describing them (unless ``quiet``).
+    Returns a dict with ``device``, ``threads``, ``seed``, ``mkl_path`` ("AVX-512", "AVX2" or None),
+    ``hosted`` and the versions, and prints one line describing them (unless ``quiet``).
     """
     hosted = is_hosted()
     if hosted:
@@ -180,7 +195,7 @@ def setup(seed=0, device=None, quiet=False):
         "device": chosen,
         "threads": threads,
         "seed": seed,
-        "mkl_amd_path": os.environ.get("MKL_DEBUG_CPU_TYPE") == "5",
+        "mkl_path": MKL_CPU_TYPES.get(os.environ.get("MKL_DEBUG_CPU_TYPE", "")),
         "hosted": hosted,
         "paddle": paddle.__version__,
         "numpy": np.__version__,
@@ -195,7 +210,9 @@ def describe(info):
     """One line for the notebook: versions and the device."""
     device = info["device"]
     if device == "cpu":
-        device += f", {info['threads']} threads" + (", MKL AVX2 path" if info["mkl_amd_path"] else "")
+        device += f", {info['threads']} threads"
+        if info["mkl_path"]:
+            device += f", MKL {info['mkl_path']} path"
     return (
         f"Paddle {info['paddle']} | NumPy {info['numpy']} | Python {info['python']} | "
         f"device: {device} | seed {info['seed']}"
