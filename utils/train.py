@@ -49,7 +49,6 @@ from tqdm import tqdm  # noqa: E402
 
 from utils.palm import PalmDataset, read_image, resize_image, shared_memory_ok, to_chw  # noqa: E402
 from utils.resnet import ResNet  # noqa: E402
-from utils.synthetic_fundus import NOTICE_FILE  # noqa: E402
 
 #: File names written into an output folder.
 LAST_CHECKPOINT = "last.pdparams"
@@ -499,13 +498,7 @@ def main(argv=None):
     set_math_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     rank = paddle.distributed.get_rank()
     seed_everything(config.seed)
-    # resolve_data_root calls any folder given as --data "real": check for the synthetic set's notice file.
-    root, source = resolve_data_root(args.data, quiet=rank != 0 or args.data is not None)
-    if (pathlib.Path(root) / NOTICE_FILE).is_file():
-        source = "synthetic"
-    if args.data is not None and rank == 0:
-        kind = "SYNTHETIC fundus" if source == "synthetic" else "the real iChallenge-PM"
-        print(f"Data: {kind} images in {display_path(root)}")
+    root, source = resolve_data_root(args.data, quiet=rank != 0)
     train_set, valid_set = make_datasets(root, config, args.cache_dir)
     train_loader = make_loader(train_set, config.batch_size, shuffle=True, seed=config.seed,
                                num_workers=config.num_workers, distributed=world > 1)
