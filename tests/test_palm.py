@@ -6,6 +6,8 @@ import multiprocessing
 import os
 import pathlib
 import shutil
+import subprocess
+import sys
 import zipfile
 
 import cv2
@@ -463,3 +465,14 @@ def test_resolve_reports_a_synthetic_set_given_by_path_as_synthetic(tmp_path, mo
     assert palm.resolve_data_root(data_dir=tmp_path / "other") == (root, "synthetic")
     out = capsys.readouterr().out
     assert "SYNTHETIC" in out and "real" not in out
+
+
+def test_command_line_reports_missing_archives_without_a_traceback(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "utils.palm", "prepare", "--src", str(tmp_path),
+                           "--dst", str(tmp_path / "palm")],
+                          cwd=palm.REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    expected = "python -m utils.palm: error: missing archive(s) ['training.zip', 'validation.zip', "
+    assert expected in done.stderr
+    assert str(tmp_path) in done.stderr

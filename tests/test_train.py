@@ -244,6 +244,11 @@ def test_command_line_rejects_bad_flags(tmp_path, capsys):
         (["--image-size", "16"], "got 16"),
         (["--arch", "42"], "42"),
         (["--epochs", "0"], "--epochs must be at least 1"),
+        (["--lr", "-1"], "--lr must be a positive number, got -1.0"),
+        (["--lr", "0"], "--lr must be a positive number, got 0.0"),
+        (["--momentum", "1.5"], "--momentum must be in [0, 1), got 1.5"),
+        (["--weight-decay", "-0.1"], "--weight-decay must be >= 0, got -0.1"),
+        (["--num-workers", "-2"], "--num-workers must be >= 0, got -2"),
         (["--resume", "--out", str(tmp_path)], f"no {LAST_CHECKPOINT} in {tmp_path}"),
     ]:
         with pytest.raises(SystemExit):
@@ -252,6 +257,36 @@ def test_command_line_rejects_bad_flags(tmp_path, capsys):
     args = parse_args([])
     assert (args.arch, args.epochs, args.batch_size, args.image_size, args.lr) == (50, 5, 10, 224, 0.001)
     assert (args.momentum, args.weight_decay, args.data, args.resume) == (0.9, 0.001, None, False)
+
+
+def test_command_line_reports_a_missing_data_folder_without_a_traceback(tmp_path):
+    missing = tmp_path / "no-such-folder"
+    command = [sys.executable, "-m", "utils.train", "--data", str(missing), "--out", str(tmp_path)]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert f"python -m utils.train: error: the data folder {missing} does not exist" in done.stderr
+
+
+class NanDataset(SquaresDataset):
+    """SquaresDataset with one nan pixel per image: the loss cannot be finite."""
+
+    def __getitem__(self, index):
+        image, label = super().__getitem__(index)
+        image = image.copy()
+        image[0, 0, 0] = np.nan
+        return image, label
+
+
+def test_train_stops_on_a_non_finite_loss_before_writing_a_checkpoint(tmp_path):
+    paddle.seed(0)
+    model = paddle.nn.Sequential(paddle.nn.Flatten(), paddle.nn.Linear(3 * 32 * 32, 1))
+    config = dataclasses.replace(TINY, epochs=1)
+    loader = make_loader(NanDataset(4), batch_size=4)
+    message = "diverged in epoch 1: the mean training loss is nan.*lr=0.01"
+    with pytest.raises(FloatingPointError, match=message):
+        train(model, build_optimizer(model, config), loader, loader, config, tmp_path, progress=False)
+    assert not (tmp_path / LAST_CHECKPOINT).exists() and not (tmp_path / BEST_CHECKPOINT).exists()
 
 
 def test_integration_two_cpu_processes_data_parallel(tiny_fundus):

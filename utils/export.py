@@ -250,4 +250,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except (FileNotFoundError, ValueError) as error:  # a missing or bad file: the message says which
+        sys.exit(f"python -m utils.export: error: {error}")

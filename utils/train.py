@@ -325,6 +325,11 @@ def train(model, optimizer, train_loader, valid_loader, config, out_dir=None, re
             description = f"epoch {epoch + 1}/{config.epochs}"
             row = {"epoch": epoch + 1}
             row.update(train_one_epoch(network, train_loader, optimizer, description, progress and rank == 0))
+            if not np.isfinite(row["train_loss"]):  # stop before a broken model overwrites a checkpoint
+                raise FloatingPointError(
+                    f"training diverged in epoch {epoch + 1}: the mean training loss is {row['train_loss']}. "
+                    f"Try a smaller learning rate than lr={config.lr}, and check the images for nan/inf"
+                )
             if world > 1:
                 _average_running_stats(model)
             row.update({f"valid_{key}": value for key, value in evaluate(model, valid_loader).items()})
@@ -473,6 +478,14 @@ def parse_args(argv=None):
     for name in ("epochs", "batch_size", "image_size"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if not args.lr > 0:
+        parser.error(f"--lr must be a positive number, got {args.lr}")
+    if not 0 <= args.momentum < 1:
+        parser.error(f"--momentum must be in [0, 1), got {args.momentum}")
+    if not args.weight_decay >= 0:
+        parser.error(f"--weight-decay must be >= 0, got {args.weight_decay}")
+    if args.num_workers < 0:
+        parser.error(f"--num-workers must be >= 0, got {args.num_workers}")
     if args.image_size < 32:
         parser.error(f"--image-size must be at least 32 (ResNet downsamples by 32), got {args.image_size}")
     if args.resume and not (pathlib.Path(args.out) / LAST_CHECKPOINT).is_file():
@@ -536,4 +549,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except (FileNotFoundError, ValueError, FloatingPointError) as error:  # bad data or settings: no traceback
+        sys.exit(f"python -m utils.train: error: {error}")
