@@ -227,8 +227,9 @@ def test_command_line_requires_its_arguments(capsys):
 
 
 def test_command_line_reports_an_empty_image_folder_without_a_traceback(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "utils.export", "predict", "--model", str(tmp_path / "model"),
-                           "--images", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    command = [sys.executable, "-m", "utils.export", "predict", "--model", str(tmp_path / "model"),
+               "--images", str(tmp_path)]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 1
     assert "Traceback" not in done.stderr
     assert f"python -m utils.export: error: no images (.jpg, .png, ...) in '{tmp_path}'" in done.stderr
