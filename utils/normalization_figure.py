@@ -73,7 +73,8 @@ def draw_normalization_cubes(shape=(4, 6, 2, 3), num_groups=2, entry=(0, 0, 0, 0
     for ax, (name, normalize) in zip(axes, normalizations(num_groups).items(), strict=True):
         shared = shared_statistics_mask(normalize, shape, entry, seed).reshape(n, c, h * w)
         colors = np.where(shared[..., None], [0.20, 0.45, 0.85, 0.95], [0.85, 0.85, 0.85, 0.12])
-        # voxels are indexed (x, y, z): N to the right, C into the page, H*W upwards
+        # voxels are indexed (x, y, z) = (N, C, H*W); in this view N runs to the front left, C to the
+        # front right and H*W upwards
         ax.voxels(
             np.ones((n, c, h * w), bool), facecolors=colors, edgecolor=(0.3, 0.3, 0.3, 0.6), linewidth=0.4
         )
