@@ -108,3 +108,17 @@ def test_readme_generation_replaces_only_the_marked_block():
     assert new == f"intro\n{notebooks.README_START}\nNEW\n{notebooks.README_END}\noutro\n"
     with pytest.raises(ValueError, match="markers"):
         notebooks.render_readme("no markers here", "NEW")
+
+
+def test_run_command_turns_a_bad_file_into_one_line_and_passes_the_exit_status(capsys):
+    def bad():
+        raise FileNotFoundError("no folder 'x/y': run prepare first")
+
+    with pytest.raises(SystemExit) as stop:
+        course.run_command(bad, "utils.demo")
+    assert stop.value.code == "python -m utils.demo: error: no folder 'x/y': run prepare first"
+    with pytest.raises(SystemExit) as stop:
+        course.run_command(lambda: 3, "utils.demo")
+    assert stop.value.code == 3
+    with pytest.raises(KeyError):  # anything else is a bug: keep its traceback
+        course.run_command(lambda: {}["missing"], "utils.demo")

@@ -206,6 +206,17 @@ def setup(seed=0, device=None, quiet=False):
     return info
 
 
+def run_command(main, name, errors=(FileNotFoundError, ValueError)):
+    """Run a command-line ``main()``: a bad file or value ends with one line that names it, not a traceback.
+
+    ``name`` is the module as the user typed it (``utils.train``); ``main`` returns the exit status.
+    """
+    try:
+        sys.exit(main())
+    except errors as error:
+        sys.exit(f"python -m {name}: error: {error}")
+
+
 def describe(info):
     """One line for the notebook: versions and the device."""
     device = info["device"]

@@ -24,10 +24,9 @@ import csv
 import json
 import os
 import pathlib
-import sys
 from concurrent.futures import ThreadPoolExecutor
 
-from utils.course import configure_environment, cpu_count
+from utils.course import configure_environment, cpu_count, run_command
 
 if __name__ == "__main__":  # an entry point: set Paddle's environment before importing it
     configure_environment()
@@ -250,7 +249,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (FileNotFoundError, ValueError) as error:  # a missing or bad file: the message says which
-        sys.exit(f"python -m utils.export: error: {error}")
+    run_command(main, "utils.export")

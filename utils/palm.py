@@ -42,7 +42,7 @@ import cv2
 import numpy as np
 
 from utils import synthetic_fundus
-from utils.course import configure_environment, import_paddle_quietly
+from utils.course import configure_environment, import_paddle_quietly, run_command
 
 if __name__ == "__main__":  # a command-line run: Paddle reads its settings when it is imported
     configure_environment()
@@ -811,7 +811,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (FileNotFoundError, ValueError) as error:  # a missing or bad file: the message says which
-        sys.exit(f"python -m utils.palm: error: {error}")
+    run_command(main, "utils.palm")

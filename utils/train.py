@@ -34,7 +34,13 @@ import warnings
 if __package__ in (None, ""):  # run as a file (paddle.distributed.launch runs files, not modules)
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from utils.course import configure_environment, cpu_count, import_paddle_quietly, set_math_threads  # noqa: E402
+from utils.course import (  # noqa: E402
+    configure_environment,
+    cpu_count,
+    import_paddle_quietly,
+    run_command,
+    set_math_threads,
+)
 
 if __name__ == "__main__":  # an entry point: set Paddle's environment before importing it
     # Processes started together by paddle.distributed.launch share the cores.
@@ -549,7 +555,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (FileNotFoundError, ValueError, FloatingPointError) as error:  # bad data or settings: no traceback
-        sys.exit(f"python -m utils.train: error: {error}")
+    run_command(main, "utils.train", errors=(FileNotFoundError, ValueError, FloatingPointError))
