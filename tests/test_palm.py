@@ -476,3 +476,9 @@ def test_command_line_reports_missing_archives_without_a_traceback(tmp_path):
     expected = "python -m utils.palm: error: missing archive(s) ['training.zip', 'validation.zip', "
     assert expected in done.stderr
     assert str(tmp_path) in done.stderr
+
+
+def test_load_image_is_exactly_what_the_dataset_serves(tiny_set):
+    dataset = palm.PalmDataset(tiny_set, "valid", 16, cache=False)
+    image, _ = dataset[0]
+    np.testing.assert_array_equal(palm.load_image(tiny_set / VALID / "V0001.jpg", 16), image)

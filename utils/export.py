@@ -37,7 +37,7 @@ from utils.course import import_paddle_quietly  # noqa: E402
 
 paddle = import_paddle_quietly()
 
-from utils.palm import list_images, read_image, resize_image, to_chw  # noqa: E402
+from utils.palm import list_images, load_image  # noqa: E402
 
 #: File names inside an exported model folder.
 MODEL_PREFIX = "model"
@@ -155,7 +155,7 @@ def load_batch(paths, image_size, pool=None):
     ``pool`` (a thread pool) decodes in parallel: OpenCV releases the GIL while it decodes.
     """
     def load(path):
-        return to_chw(resize_image(read_image(path), image_size))
+        return load_image(path, image_size)
 
     images = list(pool.map(load, paths)) if pool is not None else [load(p) for p in paths]
     return np.stack(images)

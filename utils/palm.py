@@ -299,6 +299,15 @@ def to_chw(image):
     return (image.astype(np.float32) / np.float32(127.5) - np.float32(1.0)).transpose(2, 0, 1)
 
 
+def load_image(path, image_size):
+    """One image file as the data set serves it: float32 ``[3, S, S]`` RGB in [-1, 1].
+
+    Decode, area resize, scale: the steps of :class:`PalmDataset`, so a prediction on a single file
+    sees exactly what training and evaluation saw.
+    """
+    return to_chw(resize_image(read_image(path), image_size))
+
+
 def to_display(chw):
     """The inverse of :func:`to_chw` for plotting: float ``[3, S, S]`` in [-1, 1] -> uint8 ``(S, S, 3)``."""
     chw = np.asarray(chw, dtype=np.float32)

@@ -53,7 +53,7 @@ import paddle.nn.functional as F  # noqa: E402
 from sklearn.metrics import confusion_matrix, roc_auc_score  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from utils.palm import PalmDataset, read_image, resize_image, shared_memory_ok, to_chw  # noqa: E402
+from utils.palm import PalmDataset, load_image, shared_memory_ok  # noqa: E402
 from utils.resnet import ResNet  # noqa: E402
 
 #: File names written into an output folder.
@@ -395,15 +395,6 @@ def plot_history(history, title="ResNet training"):
     fig.suptitle(title)
     fig.tight_layout()
     return fig
-
-
-def load_image(image_path, image_size):
-    """One image file as the data set serves it: float32 ``[3, S, S]`` RGB in [-1, 1].
-
-    The same functions as ``utils.palm.PalmDataset`` (decode, area resize, scale), so a prediction
-    sees exactly what training and evaluation saw.
-    """
-    return to_chw(resize_image(read_image(image_path), image_size))
 
 
 @paddle.no_grad()
