@@ -54,6 +54,7 @@ from sklearn.metrics import confusion_matrix, roc_auc_score  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from utils.palm import PalmDataset, load_image, shared_memory_ok  # noqa: E402
+from utils.palm import make_loader as palm_make_loader  # noqa: E402
 from utils.resnet import ResNet  # noqa: E402
 
 #: File names written into an output folder.
@@ -135,11 +136,13 @@ class SeededDistributedBatchSampler(paddle.io.DistributedBatchSampler):
 def make_loader(dataset, batch_size, shuffle=False, seed=0, num_workers=0, distributed=False):
     """A DataLoader over ``dataset``; ``distributed=True`` gives this process its shard only.
 
-    In one process the order is ``utils.palm.make_loader``'s (a permutation drawn from ``(seed,
-    epoch)``). Evaluation loaders are not distributed: every process sees the whole validation set.
+    In one process this is ``utils.palm.make_loader`` (a permutation drawn from ``(seed, epoch)``);
+    the distributed sampler draws the same permutation and deals it out. Evaluation loaders are not
+    distributed: every process sees the whole validation set.
     """
-    shards = {} if distributed else {"num_replicas": 1, "rank": 0}
-    sampler = SeededDistributedBatchSampler(dataset, batch_size, seed=seed, shuffle=shuffle, **shards)
+    if not distributed:
+        return palm_make_loader(dataset, batch_size, shuffle=shuffle, seed=seed, num_workers=num_workers)
+    sampler = SeededDistributedBatchSampler(dataset, batch_size, seed=seed, shuffle=shuffle)
     batch_bytes = np.asarray(dataset[0][0]).nbytes * batch_size
     return paddle.io.DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers,
                                 use_shared_memory=shared_memory_ok(batch_bytes, num_workers))
