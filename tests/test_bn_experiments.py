@@ -28,8 +28,23 @@ def test_make_mlp_layers_and_initial_weights(batch_norm):
         assert abs(layer.weight.numpy().std() / expected_std - 1) < 0.05
         assert not layer.bias.numpy().any()
     assert model(paddle.rand([5, 64])).shape == [5, 10]
+    paddle.seed(123)  # the weights depend on make_mlp's seed only, not on Paddle's global state
     again = make_mlp(batch_norm, depth=3, width=256, init_scale=0.5, seed=1)
     np.testing.assert_array_equal(linears[0].weight.numpy(), again[0].weight.numpy())
+    # the first layer's weights are exactly N(0, (0.5 * sqrt(2 / 64))^2) draws of NumPy's generator
+    expected = np.random.default_rng(1).normal(0.0, 0.5 * np.sqrt(2 / 64), size=(64, 256))
+    np.testing.assert_allclose(linears[0].weight.numpy(), expected.astype("float32"))
+
+
+def test_make_mlp_builds_float64_models_and_leaves_paddles_seed_alone():
+    paddle.seed(7)
+    expected = paddle.rand([3]).numpy()
+    paddle.seed(7)
+    model = make_mlp(True, depth=2, width=8, seed=0, dtype="float64")
+    assert {str(p.dtype) for p in model.parameters()} == {"paddle.float64"}
+    paddle.seed(7)  # reseed: building the model must not have changed what a reseed gives
+    assert np.array_equal(paddle.rand([3]).numpy(), expected)
+    assert model(paddle.rand([4, 64], dtype="float64")).dtype == paddle.float64
 
 
 def test_sweep_trains_every_model_value_and_seed():
@@ -43,6 +58,13 @@ def test_sweep_trains_every_model_value_and_seed():
     assert np.isfinite(losses[False, 1.0]).all() and np.isfinite(losses[True, 1.0]).all()
     # weights 10^4 times too large: the plain network diverges (nan) or stays at chance (ln 10 = 2.3)
     assert not (losses[False, 1e4] < 2.0).any()
+
+
+def test_sweep_in_float64_repeats_itself_exactly():
+    data = load_digits_split(n_train=64, as_images=False, dtype="float64")
+    runs = [sweep("lr", [0.3], data, epochs=2, seeds=(0,), dtype="float64") for _ in range(2)]
+    assert runs[0] == runs[1]
+    assert all(np.isfinite(h["train_loss"]).all() for h in runs[0][True, 0.3])
 
 
 def test_sweep_rejects_an_unknown_setting():

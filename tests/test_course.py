@@ -50,8 +50,14 @@ def test_device_is_gpu_when_one_is_present(monkeypatch):
 
 @pytest.mark.parametrize(
     ("cpuinfo", "expected"),
-    [(AMD_AVX512, "7"), (AMD_AVX512F_ONLY, "5"), (AMD_AVX2, "5"), (AMD_NO_AVX2, None), (INTEL_AVX2, None),
-     (None, None)],
+    [
+        (AMD_AVX512, "7"),
+        (AMD_AVX512F_ONLY, "5"),
+        (AMD_AVX2, "5"),
+        (AMD_NO_AVX2, None),
+        (INTEL_AVX2, None),
+        (None, None),
+    ],
 )
 def test_mkl_code_path_only_on_amd_cpus_that_have_the_instructions(tmp_path, cpuinfo, expected):
     path = tmp_path / "cpuinfo"
@@ -122,3 +128,47 @@ def test_run_command_turns_a_bad_file_into_one_line_and_passes_the_exit_status(c
     assert stop.value.code == 3
     with pytest.raises(KeyError):  # anything else is a bug: keep its traceback
         course.run_command(lambda: {}["missing"], "utils.demo")
+
+
+def test_verify_runs_pytest_once_per_math_path_with_its_settings():
+    from utils import notebooks
+
+    calls = []
+
+    def fake_run(command, env, cwd):
+        calls.append(
+            (
+                command,
+                {key: env.get(key) for key in ("MKL_CBWR", "MKL_ENABLE_INSTRUCTIONS", "OMP_NUM_THREADS")},
+            )
+        )
+        return type("Completed", (), {"returncode": 1 if env.get("MKL_CBWR") else 0})()
+
+    results = notebooks.verify(["notebooks/00_start_here.ipynb"], runner=fake_run)
+    assert [(name, passed) for name, passed, _ in results] == [
+        ("default", True),
+        ("cbwr", False),
+        ("avx2", True),
+        ("one-thread", True),
+    ]
+    assert [settings for _, settings in calls] == [
+        {
+            "MKL_CBWR": None,
+            "MKL_ENABLE_INSTRUCTIONS": None,
+            "OMP_NUM_THREADS": calls[0][1]["OMP_NUM_THREADS"],
+        },
+        {
+            "MKL_CBWR": "COMPATIBLE",
+            "MKL_ENABLE_INSTRUCTIONS": None,
+            "OMP_NUM_THREADS": calls[0][1]["OMP_NUM_THREADS"],
+        },
+        {
+            "MKL_CBWR": None,
+            "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+            "OMP_NUM_THREADS": calls[0][1]["OMP_NUM_THREADS"],
+        },
+        {"MKL_CBWR": None, "MKL_ENABLE_INSTRUCTIONS": None, "OMP_NUM_THREADS": "1"},
+    ]
+    assert all(command[-1] == "notebooks/00_start_here.ipynb" and "pytest" in command for command, _ in calls)
+    with pytest.raises(ValueError, match="unknown math path 'fast'"):
+        notebooks.verify([], ["fast"], runner=fake_run)

@@ -17,6 +17,8 @@ def test_split_is_disjoint_reproducible_and_scaled():
     overlap = sum(row.tobytes() in train_rows for row in x_val.reshape(len(x_val), -1))
     assert overlap < 10, "validation images must not be the training images (a few digits repeat)"
     assert load_digits_split(n_train=50, as_images=False)[0].shape == (50, 64)
+    float64 = load_digits_split(seed=3, dtype="float64")[0]
+    assert float64.dtype == np.float64 and np.array_equal(float64, x_train.astype(np.float64))
 
 
 def test_evaluate_matches_a_manual_computation():
@@ -50,3 +52,16 @@ def test_fit_records_divergence_as_nan():
     history = fit(model, (x_train, y_train, x_val, y_val), epochs=3, lr=0.1, seed=0)
     assert all(len(values) == 3 for values in history.values())
     assert np.isnan(history["train_loss"]).all() and np.isnan(history["val_acc"]).all()
+
+
+def test_fit_trains_a_float64_model_on_float32_data_and_leaves_the_mode_alone():
+    data = load_digits_split(n_train=600, as_images=False)  # float32 arrays
+    paddle.seed(0)
+    model = paddle.nn.Sequential(paddle.nn.Linear(64, 16), paddle.nn.ReLU(), paddle.nn.Linear(16, 10))
+    model.to(dtype="float64")
+    history = fit(model, data, epochs=3, lr=0.3, seed=0)
+    assert np.isfinite(history["train_loss"]).all() and history["val_acc"][-1] > 0.7
+    assert model.training  # fit leaves the model in training mode, evaluate_classifier restores it
+    model.eval()
+    evaluate_classifier(model, data[2], data[3])
+    assert not model.training

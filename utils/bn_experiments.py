@@ -16,14 +16,18 @@ from utils.digits import fit
 DIVERGED_LOSS = 20.0
 
 
-def make_mlp(batch_norm, depth=4, width=64, init_scale=1.0, in_features=64, num_classes=10, seed=0):
+def make_mlp(
+    batch_norm, depth=4, width=64, init_scale=1.0, in_features=64, num_classes=10, seed=0, dtype="float32"
+):
     """``depth`` x (Linear -> [BatchNorm1D] -> ReLU), then a Linear layer to ``num_classes`` logits.
 
     Every Linear weight is drawn from N(0, (init_scale * sqrt(2 / fan_in))^2): He initialization
     (right for ReLU) times ``init_scale``, so init_scale = 1 is a sensible start and 0.01 or 10 are
-    badly scaled ones. Biases start at 0. ``seed`` makes the weights reproducible.
+    badly scaled ones. Biases start at 0. The weights come from NumPy's generator seeded with
+    ``seed``, so they are the same on every machine and Paddle's global random state is left alone.
+    ``dtype``: the parameters' dtype (the lessons train in float64, see ``utils.digits``).
     """
-    paddle.seed(seed)
+    rng = np.random.default_rng(seed)
     layers, features = [], in_features
     for _ in range(depth):
         layers.append(paddle.nn.Linear(features, width))
@@ -32,20 +36,23 @@ def make_mlp(batch_norm, depth=4, width=64, init_scale=1.0, in_features=64, num_
         layers.append(paddle.nn.ReLU())
         features = width
     layers.append(paddle.nn.Linear(features, num_classes))
+    model = paddle.nn.Sequential(*layers)
+    model.to(dtype=dtype)
     for layer in layers:
         if isinstance(layer, paddle.nn.Linear):
             fan_in = layer.weight.shape[0]  # Paddle stores Linear weights as [in, out]
             std = init_scale * math.sqrt(2.0 / fan_in)
-            layer.weight.set_value(paddle.randn(layer.weight.shape) * std)
-            layer.bias.set_value(paddle.zeros(layer.bias.shape))
-    return paddle.nn.Sequential(*layers)
+            layer.weight.set_value(rng.normal(0.0, std, size=layer.weight.shape).astype(dtype))
+            layer.bias.set_value(np.zeros(layer.bias.shape, dtype=dtype))
+    return model
 
 
-def sweep(setting, values, data, epochs, seeds=(0,), lr=0.1, init_scale=1.0, **fit_kwargs):
+def sweep(setting, values, data, epochs, seeds=(0,), lr=0.1, init_scale=1.0, dtype="float32", **fit_kwargs):
     """Train with and without BatchNorm for every value of ``setting`` and every seed.
 
     setting: "lr" or "init_scale", the one that takes each of ``values``; the other keeps the
-    value given here. data: ``(x_train, y_train, x_val, y_val)`` with x as (N, 64).
+    value given here. data: ``(x_train, y_train, x_val, y_val)`` with x as (N, 64); the models are
+    built in ``dtype``.
     Returns ``{(batch_norm, value): [history per seed]}`` with the histories of
     :func:`utils.digits.fit`.
     """
@@ -57,7 +64,7 @@ def sweep(setting, values, data, epochs, seeds=(0,), lr=0.1, init_scale=1.0, **f
             chosen = {"lr": lr, "init_scale": init_scale, setting: value}
             results[batch_norm, value] = [
                 fit(
-                    make_mlp(batch_norm, init_scale=chosen["init_scale"], seed=seed),
+                    make_mlp(batch_norm, init_scale=chosen["init_scale"], seed=seed, dtype=dtype),
                     data,
                     epochs=epochs,
                     lr=chosen["lr"],

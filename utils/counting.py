@@ -22,10 +22,11 @@ and the corrected :class:`SimpleNet` are here too, so the lesson and the tests s
 
 import math
 import operator
-from dataclasses import dataclass
 
 import paddle
 import paddle.nn.functional as F
+
+from utils.checks import CheckResult
 
 #: The chapter's exercise 1 (its "6464" output channels is a typo for 64).
 CONV_EXERCISE = {
@@ -352,20 +353,6 @@ class SimpleNet(paddle.nn.Layer):
 # --------------------------------------------------------------------------------------------------
 # Self-checks for the reader
 # --------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class CheckResult:
-    """A checker's verdict: truthy when right; printing it shows the message (and hints)."""
-
-    correct: bool
-    message: str
-
-    def __bool__(self):
-        return self.correct
-
-    def __str__(self):
-        return self.message
 
 
 def _conv_exercise_hint(multiplications, additions, bias, right):

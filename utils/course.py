@@ -164,6 +164,19 @@ def pick_device(prefer=None):
     return "gpu:0" if has_gpu else "cpu"
 
 
+@contextlib.contextmanager
+def eval_mode(model):
+    """Run the ``with`` block with ``model`` in evaluation mode; its previous mode is restored after,
+    also when the block raises (BatchNorm and Dropout behave differently in the two modes)."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        if was_training:
+            model.train()
+
+
 def set_math_threads(threads):
     """Set Paddle's CPU math threads (Paddle 3.3.1 has no public API; this is the internal one)."""
     import paddle

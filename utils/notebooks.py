@@ -11,10 +11,16 @@ For each notebook (default: every ``notebooks/*.ipynb``) this
 
 Stored outputs therefore always come from this command and match what ``pytest`` (nbval) sees.
 ``--check`` only verifies that the setup cells and the README table are up to date (no execution).
+
+``--verify`` runs the notebook tests (``pytest`` on the notebooks, strict nbval) once under each of
+:data:`MATH_PATHS`: settings that make Intel MKL compute with other kernels or another number of
+threads, so one machine prints what other CPUs print. Stored outputs must pass under all of them.
 """
 
 import argparse
+import os
 import pathlib
+import subprocess
 import sys
 import time
 
@@ -47,6 +53,40 @@ if ROOT not in sys.path:
 from utils.course import setup  # noqa: E402
 
 ENV = setup(seed=0)'''
+
+
+#: Math-kernel settings under which ``--verify`` runs the notebook tests. Each changes the rounding of
+#: float32 matrix products and convolutions (MKL's conditional numerical reproducibility mode, its
+#: AVX2 kernels instead of AVX-512 ones, one thread instead of all), as another CPU would.
+MATH_PATHS = {
+    "default": {},
+    "cbwr": {"MKL_CBWR": "COMPATIBLE"},
+    "avx2": {"MKL_ENABLE_INSTRUCTIONS": "AVX2"},
+    "one-thread": {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"},
+}
+
+
+def describe_math_path(name):
+    """``MKL_CBWR=COMPATIBLE`` for "cbwr": the settings a math path stands for."""
+    return " ".join(f"{key}={value}" for key, value in MATH_PATHS[name].items()) or "the defaults"
+
+
+def verify(paths, math_paths=None, runner=subprocess.run):
+    """Run ``pytest`` on ``paths`` under each math path; returns ``[(name, passed, seconds)]``.
+
+    Each run is a fresh process, because Paddle reads these settings when it is imported.
+    """
+    results = []
+    for name in math_paths or MATH_PATHS:
+        if name not in MATH_PATHS:
+            raise ValueError(f"unknown math path {name!r}: choose from {', '.join(MATH_PATHS)}")
+        env = {**os.environ, **MATH_PATHS[name]}
+        command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *map(str, paths)]
+        print(f"pytest under {describe_math_path(name)} ...", flush=True)
+        start = time.perf_counter()
+        completed = runner(command, env=env, cwd=ROOT)
+        results.append((name, completed.returncode == 0, time.perf_counter() - start))
+    return results
 
 
 def notebook_paths(paths=None):
@@ -134,8 +174,26 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("notebooks", nargs="*", help="notebooks to refresh (default: all, in order)")
     parser.add_argument("--check", action="store_true", help="only check setup cells and README")
+    parser.add_argument(
+        "--verify",
+        action="store_true",
+        help="run the notebook tests under every math-kernel path (no refresh)",
+    )
+    parser.add_argument(
+        "--math-paths",
+        nargs="+",
+        metavar="NAME",
+        choices=list(MATH_PATHS),
+        help="with --verify, only these (default: all): "
+        + ", ".join(f"{name} ({describe_math_path(name)})" for name in MATH_PATHS),
+    )
     args = parser.parse_args(argv)
     paths = notebook_paths(args.notebooks)
+    if args.verify:
+        results = verify(paths, args.math_paths)
+        for name, passed, seconds in results:
+            print(f"{describe_math_path(name):<36} {'passed' if passed else 'FAILED':<7} {seconds:6.0f} s")
+        return 0 if all(passed for _, passed, _ in results) else 1
     if args.check:
         problems = check(paths)
         print("\n".join(problems) or "Setup cells and README lesson table are up to date.")

@@ -1,12 +1,13 @@
-"""Answer checkers for the lessons' exercises: each says right or wrong and, when wrong, why.
+"""Checkers for the BatchNorm exercises (lessons 01 and 02).
 
 A checker compares the reader's answer with the course's NumPy reference and, when they differ,
 with the answers that common mistakes produce (epsilon left out, the unbiased variance, the wrong
-axis, ...), so its hint names the mistake. Each prints one line and returns True or False.
+axis, ...), so its hint names the mistake. Each returns a :class:`utils.checks.CheckResult`.
 """
 
 import numpy as np
 
+from utils.checks import CheckResult
 from utils.reference import _channel_axes, _per_channel, batch_norm, batch_norm_backward, running_stats_after
 
 #: Relative tolerance of every checker: loose enough for float32 answers, tight enough to tell the
@@ -22,28 +23,30 @@ def _close(answer, expected):
     )
 
 
-def _judge(answer, expected, mistakes, what):
-    """Print a verdict on ``answer`` for ``what``.
+def judge_array(answer, expected, mistakes, what):
+    """The verdict on an array ``answer`` for ``what`` (for example "the BatchNorm output").
 
     ``mistakes``: (wrong answer, hint) pairs; an answer that matches one of them gets its hint.
+    Shared by every checker that compares an array with a reference.
     """
     if answer is None:
-        print(f"No answer yet: compute {what}, then pass your answer to the checker.")
-        return False
+        return CheckResult(False, f"No answer yet: compute {what}, then pass your answer to the checker.")
     answer = np.asarray(answer, dtype=np.float64)
     if answer.shape != expected.shape:
-        print(f"Not yet: {what} should have shape {expected.shape}; your answer has shape {answer.shape}.")
-        return False
+        return CheckResult(
+            False,
+            f"Not yet: {what} should have shape {expected.shape}; your answer has shape {answer.shape}.",
+        )
     if _close(answer, expected):
-        print(f"Right: your answer ({what}) agrees with the reference.")
-        return True
+        return CheckResult(True, f"Right: your answer ({what}) agrees with the reference.")
     for wrong, hint in mistakes:
         if not _close(wrong, expected) and _close(answer, wrong):
-            print(f"Not yet: {hint}")
-            return False
+            return CheckResult(False, f"Not yet: {hint}")
     error = float(np.abs(answer - expected).max())
-    print(f"Not yet: your answer ({what}) differs from the reference by up to {error:.3g}. Check each step.")
-    return False
+    return CheckResult(
+        False,
+        f"Not yet: your answer ({what}) differs from the reference by up to {error:.3g}. Check each step.",
+    )
 
 
 def _affine(gamma, beta, ndim):
@@ -93,7 +96,7 @@ def check_batchnorm_answer(answer, x, gamma=None, beta=None, epsilon=1e-5):
             "the normalization is right, but the scale gamma and the shift beta are missing.",
         ),
     ]
-    return _judge(answer, batch_norm(x, gamma, beta, epsilon), mistakes, "the BatchNorm output")
+    return judge_array(answer, batch_norm(x, gamma, beta, epsilon), mistakes, "the BatchNorm output")
 
 
 def check_batchnorm_gradient_answer(answer, dy, x, gamma, epsilon=1e-5):
@@ -125,7 +128,7 @@ def check_batchnorm_gradient_answer(answer, dy, x, gamma, epsilon=1e-5):
         ),
     ]
     dx = batch_norm_backward(dy, x, gamma, epsilon)[0]
-    return _judge(answer, dx, mistakes, "the gradient dL/dx")
+    return judge_array(answer, dx, mistakes, "the gradient dL/dx")
 
 
 def check_running_stats_answer(mean, var, batches, momentum=0.9):
@@ -137,7 +140,7 @@ def check_running_stats_answer(mean, var, batches, momentum=0.9):
     batches = [np.asarray(batch, dtype=np.float64) for batch in batches]
     expected = np.stack(running_stats_after(batches, momentum=momentum))  # [2, C]: mean, variance
     if mean is None or var is None:
-        return _judge(None, expected, [], "the moving mean and variance")
+        return judge_array(None, expected, [], "the moving mean and variance")
     answer = np.stack([np.asarray(mean, dtype=np.float64), np.asarray(var, dtype=np.float64)])
     mistakes = [
         (
@@ -160,7 +163,7 @@ def check_running_stats_answer(mean, var, batches, momentum=0.9):
             "from mean 0 and variance 1.",
         ),
     ]
-    return _judge(answer, expected, mistakes, "the moving mean and variance")
+    return judge_array(answer, expected, mistakes, "the moving mean and variance")
 
 
 def _running_stats_unbiased(batches, momentum):

@@ -1,0 +1,21 @@
+"""Answer checkers for the lessons' exercises: each says right or wrong and, when wrong, why.
+
+Every checker returns a :class:`utils.checks.CheckResult`: truthy when the answer is right, and
+printing it (or leaving it as a cell's last value) shows the verdict with a hint that names the
+likely mistake. One module per topic; the names are importable from ``utils.exercises``. (The
+convolution exercises of lesson 05 live with their counting code in :mod:`utils.counting`.)
+"""
+
+from utils.exercises.batchnorm import (
+    check_batchnorm_answer,
+    check_batchnorm_gradient_answer,
+    check_running_stats_answer,
+    judge_array,
+)
+
+__all__ = [
+    "check_batchnorm_answer",
+    "check_batchnorm_gradient_answer",
+    "check_running_stats_answer",
+    "judge_array",
+]
