@@ -47,30 +47,31 @@ def _bound(value):
 
 
 def check_below(label, value, bound):
-    """Assert ``value < bound`` (nan fails) and print ``label < bound: ok``. Returns ``value``."""
+    """Assert ``value < bound`` (nan fails) and print ``label < bound: ok``.
+
+    Like every check here it returns None: a value returned on a cell's last line would be shown as
+    the cell's output, which is exactly the machine-specific number the check avoids printing.
+    """
     number = _number(value, label)
     if not number < bound:  # written so that nan fails
         raise AssertionError(f"{label} = {number:.3g}, not below {_bound(bound)}")
     print(f"{label} < {_bound(bound)}: ok")
-    return value
 
 
 def check_above(label, value, bound):
-    """Assert ``value > bound`` (nan fails) and print ``label > bound: ok``. Returns ``value``."""
+    """Assert ``value > bound`` (nan fails) and print ``label > bound: ok``."""
     number = _number(value, label)
     if not number > bound:
         raise AssertionError(f"{label} = {number:.3g}, not above {_bound(bound)}")
     print(f"{label} > {_bound(bound)}: ok")
-    return value
 
 
 def check_between(label, value, low, high):
-    """Assert ``low < value < high`` (nan fails) and print ``low < label < high: ok``. Returns ``value``."""
+    """Assert ``low < value < high`` (nan fails) and print ``low < label < high: ok``."""
     number = _number(value, label)
     if not low < number < high:
         raise AssertionError(f"{label} = {number:.3g}, not between {_bound(low)} and {_bound(high)}")
     print(f"{_bound(low)} < {label} < {_bound(high)}: ok")
-    return value
 
 
 def check_true(label, condition):
@@ -78,7 +79,6 @@ def check_true(label, condition):
     if not condition:
         raise AssertionError(f"{label}: no")
     print(f"{label}: yes")
-    return condition
 
 
 def relative_error(actual, expected):
