@@ -12,7 +12,7 @@ import numpy as np
 import paddle
 import pytest
 
-from utils.reference import batch_norm, batch_norm_backward, running_stats_after
+from utils.reference import batch_norm, batch_norm_backward, batch_norm_statistics, running_stats_after
 
 # Paddle warns on every training-mode forward that it tracks the moving statistics: expected here.
 pytestmark = pytest.mark.filterwarnings("ignore:When training, we now always track")
@@ -257,3 +257,27 @@ def test_bad_rank_names_the_shape(shape):
 def test_running_stats_after_needs_a_batch():
     with pytest.raises(ValueError, match="at least one batch"):
         running_stats_after([])
+
+
+@pytest.mark.parametrize("ndim", [2, 3, 4, 5])
+def test_batch_norm_statistics_per_channel_by_loop_and_as_paddle_sees_them(ndim):
+    """mu and sigma^2 have shape (C,): checked by a loop over channels and by Paddle's moving
+    statistics with momentum 0 (which then hold the last batch's mean and biased variance)."""
+    rng = np.random.default_rng(ndim)
+    x = make_input(rng, ndim, 4, "float64")
+    mean, var = batch_norm_statistics(x)
+    assert mean.shape == var.shape == (CHANNELS,)
+    for c in range(CHANNELS):
+        values = x[:, c].ravel()  # the m = N * spatial values of channel c
+        np.testing.assert_allclose(mean[c], values.sum() / values.size, rtol=1e-13)
+        np.testing.assert_allclose(var[c], ((values - values.mean()) ** 2).sum() / values.size, rtol=1e-13)
+    with default_dtype("float64"):
+        layer = LAYER[ndim](CHANNELS, momentum=0.0)  # running = 0 * running + 1 * batch statistic
+    layer(paddle.to_tensor(x))
+    assert_close(layer._mean.numpy(), mean, "float64")
+    assert_close(layer._variance.numpy(), var, "float64")
+
+
+def test_batch_norm_statistics_rejects_a_bad_rank():
+    with pytest.raises(ValueError, match="2-D to 5-D"):
+        batch_norm_statistics(np.zeros(3))

@@ -197,3 +197,15 @@ def dropout(x, p, mask, mode="upscale_in_train", training=True):
     if mode == "downscale_in_infer":
         return kept
     return kept / keep if keep > 0 else np.zeros_like(kept)
+
+
+def batch_norm_statistics(x):
+    """The per-channel statistics BatchNorm normalizes with, in training mode.
+
+    x: (N, C, ...) as in :func:`batch_norm`. Returns (mean (C,), var (C,)): for each channel the mean
+    and the *biased* variance (divide by m) of its m = N * spatial values, the mu and sigma^2 of
+    BatchNorm's formula. They have one entry per channel, like gamma and beta.
+    """
+    x = np.asarray(x)
+    axes = _channel_axes(x)
+    return x.mean(axis=axes), x.var(axis=axes)
