@@ -1,4 +1,8 @@
-"""Tests for utils.reference.dropout (against Paddle) and utils.dropout_variants (defining properties)."""
+"""Tests of the course library: utils.reference.dropout (against Paddle) and utils.dropout_variants.
+
+Each variant is checked for its defining property against an independent NumPy computation. What
+Paddle's own Dropout layers do is tested separately, in tests/test_paddle_behaviour.py.
+"""
 
 import numpy as np
 import paddle
@@ -6,7 +10,17 @@ import paddle.nn.functional as F
 import pytest
 
 from utils import reference
-from utils.dropout_variants import Cutout, DropConnectLinear, Standout, cutout, dropout_beta
+from utils.dropout_variants import (
+    Cutout,
+    DropBlock,
+    DropConnectLinear,
+    Standout,
+    cutout,
+    dropblock_gamma,
+    dropout_beta,
+    max_drop,
+    sample_dropblock_mask,
+)
 
 MODES = ("upscale_in_train", "downscale_in_infer")
 
@@ -42,13 +56,10 @@ def test_reference_reproduces_paddle_eval_output_exactly(mode, p, dtype):
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_p_zero_and_one_in_training(mode):
+def test_reference_at_p_zero_and_one_in_training(mode):
     x = nonzero_input((4, 5), "float32")
-    for p in (0.0, 1.0):
-        y = F.dropout(paddle.to_tensor(x), p=p, mode=mode, training=True).numpy()
-        expected = x if p == 0 else np.zeros_like(x)
-        np.testing.assert_array_equal(y, expected)
-        np.testing.assert_array_equal(reference.dropout(x, p, y != 0, mode=mode), expected)
+    np.testing.assert_array_equal(reference.dropout(x, 0.0, np.ones_like(x), mode=mode), x)
+    np.testing.assert_array_equal(reference.dropout(x, 1.0, np.zeros_like(x), mode=mode), np.zeros_like(x))
 
 
 def test_reference_by_hand():
@@ -64,55 +75,15 @@ def test_reference_by_hand():
     )
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_layer_is_random_in_train_and_deterministic_in_eval(mode):
-    x = paddle.to_tensor(nonzero_input((8, 16), "float32"))
-    layer = paddle.nn.Dropout(p=0.5, mode=mode)
-    layer.train()
-    first, second = layer(x).numpy(), layer(x).numpy()
-    assert not np.array_equal(first != 0, second != 0), "two training calls should draw different masks"
-    layer.eval()
-    np.testing.assert_array_equal(layer(x).numpy(), layer(x).numpy())
-    np.testing.assert_array_equal(layer(x).numpy(), reference.dropout(x.numpy(), 0.5, None, mode, False))
-
-
-def test_paddle_keeps_each_entry_with_probability_one_minus_p():
-    p, n = 0.3, 200_000
-    kept = F.dropout(paddle.ones([n]), p=p, mode="downscale_in_infer").numpy().mean()
-    sigma = np.sqrt(p * (1 - p) / n)  # binomial standard deviation of the kept fraction
-    assert abs(kept - (1 - p)) < 5 * sigma
-
-
 @pytest.mark.parametrize("bad_p", [-0.1, 1.5])
 def test_bad_p_is_rejected(bad_p):
     with pytest.raises(ValueError, match=str(bad_p)):
         reference.dropout(np.ones(3), bad_p, np.ones(3))
-    with pytest.raises(ValueError):
-        F.dropout(paddle.ones([3]), p=bad_p)
 
 
 def test_bad_mode_is_rejected():
     with pytest.raises(ValueError, match="upscale_in_infer"):
         reference.dropout(np.ones(3), 0.5, np.ones(3), mode="upscale_in_infer")
-    with pytest.raises(ValueError):
-        F.dropout(paddle.ones([3]), p=0.5, mode="upscale_in_infer")
-
-
-# ---------------------------------------------------------------- Spatial Dropout = Paddle's Dropout2D
-
-
-def test_dropout2d_drops_whole_channels_and_equals_dropout_axis_0_1():
-    x = nonzero_input((3, 6, 5, 4), "float32")
-    paddle.seed(11)
-    y2d = paddle.nn.Dropout2D(p=0.5)(paddle.to_tensor(x)).numpy()
-    paddle.seed(11)
-    y_axis = F.dropout(paddle.to_tensor(x), p=0.5, axis=[0, 1]).numpy()
-    np.testing.assert_array_equal(y2d, y_axis)
-    kept = (y2d != 0).reshape(3, 6, -1)
-    assert np.all(kept.all(axis=2) | ~kept.any(axis=2)), "each channel map is kept or dropped as a whole"
-    channel_kept = kept[:, :, 0]
-    assert 0 < channel_kept.sum() < channel_kept.size
-    np.testing.assert_array_equal(y2d, x * channel_kept[:, :, None, None] / np.float32(0.5))
 
 
 # ---------------------------------------------------------------- DropConnect
@@ -273,3 +244,122 @@ def test_cutout_transform_is_reproducible_and_validates_arguments():
         cutout(image, 2.5, np.random.default_rng(0))
     with pytest.raises(ValueError, match=r"\(12,\)"):
         cutout(np.ones(12), 4, np.random.default_rng(0))
+
+
+def test_cutout_fill_sets_the_square_to_the_given_value():
+    normalised = np.random.default_rng(1).normal(size=(3, 10, 10))  # CHW, mean 0 after normalisation
+    out, (top, bottom, left, right) = cutout(normalised, 4, np.random.default_rng(2), data_format="CHW")
+    assert np.all(out[:, top:bottom, left:right] == 0)
+    out, (top, bottom, left, right) = cutout(normalised, 4, np.random.default_rng(2), "CHW", fill=-1.5)
+    assert np.all(out[:, top:bottom, left:right] == -1.5)
+
+
+# ---------------------------------------------------------------- DropBlock
+
+
+def blocks_from_seeds(seeds, block_size, height, width):
+    """Keep-mask built by brute force: zero a block_size square at every seed (its top-left corner)."""
+    keep = np.ones(seeds.shape[:2] + (height, width))
+    for n, c, i, j in zip(*np.nonzero(seeds), strict=True):
+        keep[n, c, i : i + block_size, j : j + block_size] = 0
+    return keep
+
+
+def times_covered(block_size, height, width):
+    """How many valid block positions cover each pixel (counted by a loop over the positions)."""
+    count = np.zeros((height, width))
+    for i in range(height - block_size + 1):
+        for j in range(width - block_size + 1):
+            count[i : i + block_size, j : j + block_size] += 1
+    return count
+
+
+def test_dropblock_gamma_by_hand():
+    # The paper's setting: keep_prob 0.9, block 7 on a 14 x 14 map: 0.1 / 49 * 196 / 64.
+    assert dropblock_gamma(0.1, 7, 14, 14) == pytest.approx(0.00625)
+    assert dropblock_gamma(0.3, 1, 5, 9) == pytest.approx(0.3)  # block 1: plain Dropout
+    assert dropblock_gamma(0.3, 6, 6, 6) == pytest.approx(0.3)  # one position: the whole map
+    for bad in (0, 7):
+        with pytest.raises(ValueError, match="block_size"):
+            dropblock_gamma(0.1, bad, 6, 6)
+
+
+@pytest.mark.parametrize("block_size, height, width", [(1, 5, 7), (3, 8, 8), (3, 6, 9), (5, 5, 5)])
+def test_dropblock_mask_is_the_union_of_whole_blocks_at_the_seeds(block_size, height, width):
+    paddle.seed(0)
+    seeds, keep = sample_dropblock_mask([6, 2, height, width], 0.4, block_size)
+    seeds, keep = seeds.numpy(), keep.numpy()
+    assert seeds.shape == (6, 2, height - block_size + 1, width - block_size + 1)
+    assert set(np.unique(seeds)) <= {0.0, 1.0} and seeds.sum() > 0
+    np.testing.assert_array_equal(keep, blocks_from_seeds(seeds, block_size, height, width))
+
+
+def test_dropblock_drops_each_pixel_with_its_exact_probability():
+    p, block_size, height, width, n = 0.3, 3, 7, 9, 4000
+    paddle.seed(1)
+    _, keep = sample_dropblock_mask([n, 1, height, width], p, block_size, dtype="float64")
+    dropped = 1 - keep.numpy()[:, 0].mean(axis=0)  # [H, W] frequency
+    gamma = dropblock_gamma(p, block_size, height, width)
+    exact = 1 - (1 - gamma) ** times_covered(block_size, height, width)  # independent seeds
+    sigma = np.sqrt(exact * (1 - exact) / n)
+    assert np.all(np.abs(dropped - exact) < 5 * sigma)
+    assert exact.mean() < p, "overlapping blocks: the dropped fraction is below p"
+
+
+def test_dropblock_layer_scales_by_count_over_kept_and_is_the_identity_in_eval():
+    x = nonzero_input((3, 2, 8, 8), "float64")
+    layer = DropBlock(p=0.2, block_size=3)
+    paddle.seed(4)
+    y = layer(paddle.to_tensor(x)).numpy()
+    paddle.seed(4)
+    _, keep = sample_dropblock_mask(x.shape, 0.2, 3, dtype="float64")
+    keep = keep.numpy()
+    np.testing.assert_allclose(y, x * keep * keep.size / keep.sum(), rtol=1e-12)
+    assert 0 < keep.sum() < keep.size
+    layer.eval()
+    np.testing.assert_array_equal(layer(paddle.to_tensor(x)).numpy(), x)
+    with pytest.raises(ValueError):
+        DropBlock(p=1.0)
+
+
+def test_dropblock_spans_dropout_and_spatial_dropout():
+    p, n = 0.3, 3000
+    paddle.seed(2)
+    _, keep = sample_dropblock_mask([n, 1, 4, 5], p, 1)  # block 1: independent pixels
+    dropped = 1 - keep.numpy()
+    assert abs(dropped.mean() - p) < 5 * np.sqrt(p * (1 - p) / dropped.size)
+    _, keep = sample_dropblock_mask([n, 2, 6, 6], p, 6)  # block = map: whole maps
+    maps = keep.numpy().reshape(n, 2, -1)
+    assert np.all(maps.min(axis=2) == maps.max(axis=2))
+    assert abs(1 - maps[:, :, 0].mean() - p) < 5 * np.sqrt(p * (1 - p) / (2 * n))
+
+
+# ---------------------------------------------------------------- Max-Drop
+
+
+@pytest.mark.parametrize("mode", ["feature", "channel"])
+def test_max_drop_zeroes_only_maxima_with_probability_p(mode):
+    p, n = 0.4, 500
+    x = np.random.default_rng(3).permutation(n * 3 * 4 * 5).reshape(n, 3, 4, 5).astype("float64") + 1
+    paddle.seed(0)
+    y = max_drop(paddle.to_tensor(x), p, mode=mode).numpy()
+    changed = y != x
+    assert np.all(y[changed] == 0)
+    if mode == "feature":
+        is_max = x == x.max(axis=(2, 3), keepdims=True)
+        groups = changed.reshape(n, 3, -1).sum(axis=2)  # changes per map: 0 or 1
+    else:
+        is_max = x == x.max(axis=1, keepdims=True)
+        groups = changed.sum(axis=1)  # changes per position
+    assert np.all(~changed | is_max), "only a maximum is ever dropped"
+    assert set(np.unique(groups)) <= {0, 1}
+    share = groups.mean()
+    assert abs(share - p) < 5 * np.sqrt(p * (1 - p) / groups.size)
+    np.testing.assert_array_equal(max_drop(paddle.to_tensor(x), p, mode, training=False).numpy(), x)
+
+
+def test_max_drop_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="mode"):
+        max_drop(paddle.ones([1, 1, 2, 2]), 0.5, mode="pixel")
+    with pytest.raises(ValueError):
+        max_drop(paddle.ones([1, 1, 2, 2]), 1.0)

@@ -1,4 +1,4 @@
-"""Variants of Dropout that the chapter names, as small Paddle layers and a NumPy image transform.
+"""Variants of Dropout that the chapter names (and DropBlock), as small Paddle layers and a NumPy transform.
 
 - :class:`DropConnectLinear` (Wan et al. 2013): a Linear layer whose *weights* are dropped in training.
 - :class:`Standout` (Ba and Frey 2013): each unit's keep probability is computed from the layer's own
@@ -6,6 +6,9 @@
 - Spatial Dropout (Tompson et al. 2015) drops whole feature maps: Paddle already has it as
   ``paddle.nn.Dropout2D`` (the same as ``paddle.nn.Dropout(p, axis=[0, 1])`` on NCHW input), so there is
   no code for it here.
+- :class:`DropBlock` (Ghiasi et al. 2018): drops square blocks of each feature map, between Dropout
+  (block side 1) and Spatial Dropout (a block as large as the map).
+- :func:`max_drop` (Park and Kwak 2016): drops the *largest* activation of each map instead of random ones.
 - :func:`cutout` and :class:`Cutout` (DeVries and Taylor 2017): blank one square of the *input image*.
 """
 
@@ -123,6 +126,11 @@ def dropout_beta(p):
 def cutout(image, size, rng, data_format="HWC", fill=0):
     """Cutout (DeVries and Taylor 2017): return a copy of ``image`` with one square set to ``fill``.
 
+    Apply it to the *normalised* image (each channel minus its data-set mean, divided by its standard
+    deviation), as DeVries and Taylor's reference code does (its transform list is ToTensor, Normalize,
+    then Cutout, which multiplies the image by a 0/1 mask): the default ``fill=0`` then sets the square
+    to the data-set mean, not to black.
+
     image: a NumPy array, HWC or CHW (``data_format``), or a 2-D HW image; any dtype.
     size: the side of the square in pixels. rng: a ``numpy.random.Generator`` (seed it).
     The centre (cy, cx) is drawn uniformly over all pixels, the square covers rows
@@ -155,8 +163,8 @@ class Cutout:
     """Cutout as a training transform: ``Cutout(size, seed)(image) -> image`` with one square blanked.
 
     Holds its own seeded ``numpy.random.Generator``, so a run is reproducible and independent of
-    the global NumPy state. Apply it to training images only: prediction sees whole images.
-    See :func:`cutout` for the geometry.
+    the global NumPy state. Apply it to normalised training images only (so ``fill=0`` is the mean);
+    prediction sees whole images. See :func:`cutout` for the geometry.
     """
 
     def __init__(self, size, seed=None, data_format="HWC", fill=0):
@@ -170,3 +178,91 @@ class Cutout:
 
     def __repr__(self):
         return f"Cutout(size={self.size}, data_format={self.data_format!r}, fill={self.fill})"
+
+
+def dropblock_gamma(p, block_size, height, width):
+    """DropBlock's seed rate: the probability that a block starts at a given valid position.
+
+    Ghiasi et al. (2018), eq. (1), for a square map of side ``feat_size``:
+    ``gamma = (1 - keep_prob) / block_size**2 * feat_size**2 / (feat_size - block_size + 1)**2``,
+    here with ``p = 1 - keep_prob`` and ``height * width`` in place of ``feat_size**2``. Expected
+    blocks times their area then cover a fraction p of the map; blocks may overlap, so the dropped
+    fraction is somewhat lower (exactly: see ``tests/test_dropout.py``).
+    """
+    _check_probability(p)
+    if not 1 <= block_size <= min(height, width):
+        raise ValueError(
+            f"block_size must be between 1 and the map size {min(height, width)}, got {block_size}"
+        )
+    return p / block_size**2 * height * width / ((height - block_size + 1) * (width - block_size + 1))
+
+
+def sample_dropblock_mask(shape, p, block_size, dtype="float32"):
+    """Draw DropBlock's masks for an NCHW ``shape``: returns ``(seeds, keep)``, tensors of ``dtype``.
+
+    seeds: [N, C, H - block_size + 1, W - block_size + 1], 1 where a block's top-left corner falls,
+    Bernoulli(:func:`dropblock_gamma`) per sample, channel and position; only positions where the
+    whole block fits inside the map are drawn (as in the paper's Figure 2 and its TPU code).
+    keep: [N, C, H, W], 0 on every pixel of every block, 1 elsewhere.
+    """
+    n, c, height, width = shape
+    gamma = dropblock_gamma(p, block_size, height, width)
+    seeds = paddle.bernoulli(
+        paddle.full([n, c, height - block_size + 1, width - block_size + 1], gamma, dtype=dtype)
+    )
+    # A pixel is dropped when a seed lies in the block_size x block_size window above-left of it:
+    # a max pool over the zero-padded seeds (output H x W) spreads each seed over its block.
+    covered = F.max_pool2d(seeds, kernel_size=block_size, stride=1, padding=block_size - 1)
+    return seeds, 1 - covered
+
+
+class DropBlock(paddle.nn.Layer):
+    """DropBlock (Ghiasi et al. 2018): zero square blocks of each feature map in training.
+
+    Training: draw the keep-mask M of :func:`sample_dropblock_mask` (one per sample and channel) and
+    return ``x * M * count(M) / count_ones(M)``: the paper's normalisation, over the whole batch as in
+    its TPU code, so the mean activation is kept. Evaluation: ``x`` unchanged.
+    ``block_size=1`` is element-wise Dropout with drop probability p; ``block_size`` equal to the
+    map's side drops whole maps with probability p, like ``paddle.nn.Dropout2D``.
+    x: [N, C, H, W] -> same shape.
+    """
+
+    def __init__(self, p=0.1, block_size=7):
+        super().__init__()
+        _check_probability(p)
+        self.p = p
+        self.block_size = int(block_size)
+
+    def forward(self, x):
+        if not self.training or self.p == 0:
+            return x
+        _, keep = sample_dropblock_mask(x.shape, self.p, self.block_size, dtype=x.dtype)
+        kept = paddle.clip(keep.sum(), min=1.0)  # all dropped: the output is 0 anyway
+        return x * keep * (keep.numel().astype(x.dtype) / kept)
+
+    def extra_repr(self):
+        return f"p={self.p}, block_size={self.block_size}"
+
+
+def max_drop(x, p, mode="feature", training=True):
+    """Max-Drop (Park and Kwak 2016): with probability p set the *largest* activation to 0.
+
+    x: [N, C, H, W]. ``mode="feature"``: one Bernoulli(p) draw per feature map (n, c), which zeroes
+    that map's maximum; ``mode="channel"``: one draw per position (n, h, w), which zeroes the largest
+    of the C values there. Ties go to the first maximum. Nothing is rescaled. Evaluation
+    (``training=False``) returns x unchanged.
+    """
+    _check_probability(p)
+    if mode not in ("feature", "channel"):
+        raise ValueError(f"mode must be 'feature' or 'channel', got {mode!r}")
+    if not training or p == 0:
+        return x
+    n, c, height, width = x.shape
+    if mode == "feature":
+        flat = x.reshape([n, c, height * width])
+        is_max = F.one_hot(flat.argmax(axis=2), height * width).astype(x.dtype)  # [N, C, HW]
+        drop = paddle.bernoulli(paddle.full([n, c, 1], p, dtype=x.dtype))
+        return (flat * (1 - is_max * drop)).reshape(x.shape)
+    is_max = F.one_hot(x.argmax(axis=1), c).astype(x.dtype).transpose([0, 3, 1, 2])  # [N, C, H, W]
+    drop = paddle.bernoulli(paddle.full([n, 1, height, width], p, dtype=x.dtype))
+    return x * (1 - is_max * drop)

@@ -12,10 +12,24 @@ from utils.exercises.batchnorm import (
     check_running_stats_answer,
     judge_array,
 )
+from utils.exercises.dropout import (
+    check_dropblock_gamma_answer,
+    check_dropconnect_answer,
+    check_passes_answer,
+    check_variance_shift_answer,
+    check_zero_count_answer,
+    judge_number,
+)
 
 __all__ = [
     "check_batchnorm_answer",
     "check_batchnorm_gradient_answer",
+    "check_dropblock_gamma_answer",
+    "check_dropconnect_answer",
+    "check_passes_answer",
     "check_running_stats_answer",
+    "check_variance_shift_answer",
+    "check_zero_count_answer",
     "judge_array",
+    "judge_number",
 ]
