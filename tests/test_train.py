@@ -1,5 +1,6 @@
 """Tests for utils.train: metrics against hand-derived numbers, evaluation mode, checkpoints and resume,
-the seeded sampler, prediction, and the command line (a tiny end-to-end run)."""
+the settings and their flags, prediction, the command line (a tiny end-to-end run), and data-parallel
+training on two CPU processes against a single-process reference."""
 
 import dataclasses
 import json
@@ -19,7 +20,6 @@ from utils.train import (
     CURVES_FILE,
     LAST_CHECKPOINT,
     METRICS_FILE,
-    SeededDistributedBatchSampler,
     TrainConfig,
     binary_loss,
     binary_metrics,
@@ -33,6 +33,7 @@ from utils.train import (
     predict,
     predict_loader,
     train,
+    train_one_epoch,
 )
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -133,25 +134,51 @@ def test_evaluate_uses_eval_mode_batchnorm_and_does_not_touch_running_stats():
         np.testing.assert_array_equal(old, new.numpy())
 
 
-def test_sampler_order_depends_on_seed_and_epoch_and_shards_cover_everything():
-    dataset = SquaresDataset(11)
+def test_train_accuracy_and_loss_are_those_of_the_batches_as_they_were_seen():
+    """train_one_epoch's running figures against NumPy, with the weights frozen (learning rate 0), so
+    that every batch is seen by the same linear model: accuracy = share of (logit >= 0) == label."""
+    paddle.seed(0)
+    model = paddle.nn.Sequential(paddle.nn.Flatten(), paddle.nn.Linear(3 * 32 * 32, 1))
+    dataset = SquaresDataset(10)
+    frozen = paddle.optimizer.SGD(learning_rate=0.0, parameters=model.parameters())
+    row = train_one_epoch(model, make_loader(dataset, batch_size=4, shuffle=True, seed=2), frozen,
+                          progress=False)
+    flat = dataset.images.reshape(10, -1).astype("float64")  # [10, 3072]
+    z = (flat @ model[1].weight.numpy() + model[1].bias.numpy())[:, 0]
+    y = dataset.labels
+    assert 0 < np.mean((z >= 0) == (y == 1)) < 1, "a model that is neither always right nor always wrong"
+    assert row["train_accuracy"] == pytest.approx(np.mean((z >= 0) == (y == 1)), abs=1e-12)
+    loss = np.mean(np.log1p(np.exp(-np.abs(z))) + np.maximum(z, 0) - z * y)
+    assert abs(row["train_loss"] - loss) < 1e-5
 
-    def batches(seed, epoch, rank=0, replicas=1, shuffle=True):
-        sampler = SeededDistributedBatchSampler(
-            dataset, 4, seed=seed, shuffle=shuffle, num_replicas=replicas, rank=rank
-        )
-        sampler.set_epoch(epoch)
-        return list(sampler)
 
-    first = batches(0, 0)
-    assert [len(b) for b in first] == [4, 4, 3] and sorted(sum(first, [])) == list(range(11))
-    assert batches(0, 0) == first, "same seed and epoch, same order"
-    assert batches(1, 0) != first and batches(0, 1) != first
-    assert sum(batches(0, 0, shuffle=False), []) == list(range(11))
-    # Two processes: 11 indices padded to 12, six each, together every index at least once.
-    shards = [sum(batches(0, 2, rank, 2), []) for rank in (0, 1)]
-    assert [len(s) for s in shards] == [6, 6]
-    assert set(shards[0]) | set(shards[1]) == set(range(11))
+def test_build_model_is_seeded_by_the_config_and_leaves_the_global_generator_alone():
+    paddle.seed(11)
+    expected = paddle.rand([3]).numpy()
+    paddle.seed(11)
+    first = build_model(TINY)
+    assert np.array_equal(paddle.rand([3]).numpy(), expected), "build_model changed the global random state"
+    second = build_model(TINY)
+    other = build_model(dataclasses.replace(TINY, seed=4))
+    for a, b in zip(first.parameters(), second.parameters(), strict=True):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    assert not np.array_equal(first.stem.conv.weight.numpy(), other.stem.conv.weight.numpy())
+
+
+def test_config_rules_hold_for_the_class_and_the_command_line(capsys):
+    with pytest.raises(ValueError, match=r"lr must be a positive number, got -1.*momentum must be in"):
+        TrainConfig(lr=-1, momentum=1)
+    with pytest.raises(ValueError, match="image_size must be at least 32"):
+        dataclasses.replace(TINY, image_size=16)
+    args = parse_args(["--arch", "18", "--augment", "--weight-decay", "0"])
+    assert args.config == TrainConfig(arch=18, augment=True, weight_decay=0.0)
+    # Every field of TrainConfig is a flag, with the field's default.
+    assert parse_args([]).config == TrainConfig()
+    with pytest.raises(SystemExit):
+        parse_args(["--help"])
+    help_text = capsys.readouterr().out
+    for field in dataclasses.fields(TrainConfig):
+        assert "--" + field.name.replace("_", "-") in help_text
 
 
 def test_train_keeps_history_and_saves_the_best_auc_checkpoint(tmp_path):
@@ -166,7 +193,7 @@ def test_train_keeps_history_and_saves_the_best_auc_checkpoint(tmp_path):
     assert best["epoch"] == best_row["epoch"] and last["epoch"] == 2
     assert last["config"] == dataclasses.asdict(TINY) and last["history"] == history
     assert set(last) >= {"model", "optimizer", "epoch", "config", "history", "best"}
-    assert not list(tmp_path.glob("*.partial")), "saves are atomic: no partial file is left behind"
+    assert {p.name for p in tmp_path.iterdir()} == {BEST_CHECKPOINT, LAST_CHECKPOINT}, "no partial file left"
     # The saved model reloads and predicts exactly what the trained one predicts (last epoch).
     reloaded, config = load_model(tmp_path / LAST_CHECKPOINT)
     assert config == TINY
@@ -289,16 +316,87 @@ def test_train_stops_on_a_non_finite_loss_before_writing_a_checkpoint(tmp_path):
     assert not (tmp_path / LAST_CHECKPOINT).exists() and not (tmp_path / BEST_CHECKPOINT).exists()
 
 
+def single_process_reference(root, cache_dir, config, world=2, average_gradients=True,
+                             average_statistics=True):
+    """What data-parallel training on ``world`` processes must compute, in one process and without
+    ``paddle.DataParallel``: each epoch's seeded order dealt out (process r takes every world-th index
+    from r); each process runs its batch with its own BatchNorm statistics; the gradients of the
+    processes are averaged before each step; after the epoch the running statistics are averaged.
+    Returns the model's state after ``config.epochs`` epochs, and the state it started from."""
+    dataset = PalmDataset(root, "train", config.image_size, cache_dir=cache_dir)
+    model = build_model(config)
+    start = {name: value.numpy().copy() for name, value in model.state_dict().items()}
+    optimizer = build_optimizer(model, config)
+    norms = [layer for layer in model.sublayers() if isinstance(layer, paddle.nn.BatchNorm2D)]
+    model.train()
+    for epoch in range(config.epochs):
+        order = np.random.default_rng([config.seed, epoch]).permutation(len(dataset))
+        assert len(order) % world == 0, "no padding in this reference"
+        shards = [order[rank::world] for rank in range(world)]
+        statistics = [[(norm._mean.numpy(), norm._variance.numpy()) for norm in norms] for _ in range(world)]
+        for start_index in range(0, len(shards[0]), config.batch_size):
+            for rank in range(world):
+                for norm, (mean, variance) in zip(norms, statistics[rank], strict=True):
+                    norm._mean.set_value(mean)
+                    norm._variance.set_value(variance)
+                batch = [dataset[int(i)] for i in shards[rank][start_index : start_index + config.batch_size]]
+                images = paddle.to_tensor(np.stack([image for image, _ in batch]))
+                labels = paddle.to_tensor(np.array([label for _, label in batch]))
+                loss = binary_loss(model(images), labels)
+                (loss / world if average_gradients else loss).backward()  # gradients accumulate
+                statistics[rank] = [(norm._mean.numpy(), norm._variance.numpy()) for norm in norms]
+            optimizer.step()
+            optimizer.clear_grad()
+        ranks = range(world) if average_statistics else [0]
+        for i, norm in enumerate(norms):
+            norm._mean.set_value(np.mean([statistics[rank][i][0] for rank in ranks], axis=0))
+            norm._variance.set_value(np.mean([statistics[rank][i][1] for rank in ranks], axis=0))
+    return {name: value.numpy() for name, value in model.state_dict().items()}, start
+
+
+def largest_difference(state, other, names):
+    return max(float(np.abs(state[name] - other[name]).max()) for name in names)
+
+
 def test_integration_two_cpu_processes_data_parallel(tiny_fundus):
     """Slower integration test (two Paddle processes start): data-parallel training through
-    ``python -m paddle.distributed.launch`` on the CPU, each process on its half of the batches."""
+    ``python -m paddle.distributed.launch`` on the CPU equals the single-process reference above.
+
+    12 images, 3 per step and process: 2 steps of 2 x 3 images, then the running statistics are
+    averaged. Tolerance: both sides run the same float32 kernels on the same batches, but the two
+    launched processes use one math thread each and this one all cores, so sums may round in another
+    order; the weights' change from their start must agree within 1e-4 of the largest change, the
+    running statistics within 1e-5 absolute (on 2 cores both agreed bit for bit). Each mistake the
+    reference leaves out (summing instead of averaging the gradients; keeping process 0's running
+    statistics) moves them by over 100x that.
+    """
     out = tiny_fundus / "distributed"
+    config = TrainConfig(arch=18, epochs=1, batch_size=3, image_size=32, lr=0.05, seed=0)
     stdout = run_cli(
         "utils/train.py", "--data", str(tiny_fundus / "data"), "--arch", "18", "--epochs", "1",
-        "--batch-size", "3", "--image-size", "32", "--out", str(out),
+        "--batch-size", "3", "--image-size", "32", "--lr", "0.05", "--out", str(out),
         "--cache-dir", str(tiny_fundus / "cache"),
         launcher=("-m", "paddle.distributed.launch", "--nproc_per_node", "2", "--log_dir", str(out / "logs")),
     )
     assert "2 process(es)" in (out / "logs" / "workerlog.0").read_text() + stdout
     metrics = json.loads((out / METRICS_FILE).read_text())
     assert metrics["processes"] == 2 and metrics["history"][0]["valid_n"] == 8
+    assert metrics["config"] == dataclasses.asdict(config)
+    saved = load_checkpoint(out / LAST_CHECKPOINT)["model"]
+    launched = {name: np.asarray(value) for name, value in saved.items()}
+
+    reference, start = single_process_reference(tiny_fundus / "data", tiny_fundus / "cache", config)
+    weights = [name for name in reference if not name.endswith(("_mean", "_variance"))]
+    running = [name for name in reference if name.endswith(("_mean", "_variance"))]
+    change = largest_difference(reference, start, weights)
+    weight_tolerance, running_tolerance = 1e-4 * change, 1e-5
+    assert change > 1e-3, "the step must move the weights for the comparison to mean anything"
+    assert largest_difference(launched, reference, weights) <= weight_tolerance
+    assert largest_difference(launched, reference, running) <= running_tolerance
+
+    summed, _ = single_process_reference(tiny_fundus / "data", tiny_fundus / "cache", config,
+                                         average_gradients=False)
+    assert largest_difference(summed, reference, weights) > 100 * weight_tolerance
+    first_process_only, _ = single_process_reference(tiny_fundus / "data", tiny_fundus / "cache", config,
+                                                     average_statistics=False)
+    assert largest_difference(first_process_only, reference, running) > 100 * running_tolerance

@@ -11,19 +11,23 @@ One code path for the notebook, the command line and the tests:
   pass labels into the model, and with one logit the prediction is ``sigmoid(logit) >= 0.5`` (the
   course's ``paddle.metric.accuracy`` took the arg-max over a single column: always class 0).
 - :func:`predict` classifies one image file with the data set's own preprocessing.
+- The loaders are ``utils.palm``'s (:func:`make_loader` is ``utils.palm.make_loader``); the settings
+  are :class:`utils.config.TrainConfig`, whose fields also make the command line's flags.
 
 Loss: binary cross-entropy on one logit (``binary_cross_entropy_with_logits``, numerically stable).
 Defaults are the original course's: Momentum (lr 0.001, momentum 0.9), L2 weight decay 0.001,
 batch 10, 224x224 images, 5 epochs.
 
 Multi-device: started by ``python -m paddle.distributed.launch --nproc_per_node N utils/train.py ...``
-every process trains a ``paddle.DataParallel`` copy on its own shard of each epoch's shuffled order
-(:class:`SeededDistributedBatchSampler`); gradients are averaged across processes at every step, and
-BatchNorm's running statistics (which DataParallel leaves per-process) are averaged after every epoch,
-so all processes hold the same model. Process 0 evaluates, logs and writes the files.
+every process trains a ``paddle.DataParallel`` copy on its own share of each epoch's shuffled order
+(``make_loader(..., distributed=True)``: ``utils.palm.SeededBatchSampler`` deals it out); gradients
+are averaged across processes at every step, and BatchNorm's running statistics (which DataParallel
+leaves per-process) are averaged after every epoch, so all processes hold the same model. Process 0
+evaluates, logs and writes the files.
 """
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -35,8 +39,10 @@ if __package__ in (None, ""):  # run as a file (paddle.distributed.launch runs f
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from utils.course import (  # noqa: E402
+    atomic_write,
     configure_environment,
     cpu_count,
+    eval_mode,
     import_paddle_quietly,
     run_command,
     set_math_threads,
@@ -53,8 +59,8 @@ import paddle.nn.functional as F  # noqa: E402
 from sklearn.metrics import confusion_matrix, roc_auc_score  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from utils.palm import PalmDataset, load_image, shared_memory_ok  # noqa: E402
-from utils.palm import make_loader as palm_make_loader  # noqa: E402
+from utils.config import TrainConfig, add_config_flags, config_from_args  # noqa: E402
+from utils.palm import PalmDataset, load_image, make_loader  # noqa: E402
 from utils.resnet import ResNet  # noqa: E402
 
 #: File names written into an output folder.
@@ -64,29 +70,25 @@ METRICS_FILE = "metrics.json"
 CURVES_FILE = "curves.png"
 
 
-@dataclasses.dataclass
-class TrainConfig:
-    """Everything a run depends on; saved in every checkpoint and in ``metrics.json``.
-
-    The defaults are the original course's settings (its ResNet-50 section).
-    """
-
-    arch: int = 50  # ResNet depth: 18, 34, 50, 101 or 152
-    epochs: int = 5
-    batch_size: int = 10  # per process
-    image_size: int = 224
-    lr: float = 0.001
-    momentum: float = 0.9
-    weight_decay: float = 0.001  # L2 decay coefficient, as paddle.regularizer.L2Decay
-    seed: int = 0
-    augment: bool = False  # random mirror/rotation/zoom/brightness (utils.palm); the course had none
-    num_workers: int = 0  # DataLoader worker processes (0: load in the main process)
+@contextlib.contextmanager
+def _paddle_seeded(seed):
+    """Run the ``with`` block with Paddle's generators seeded by ``seed``; afterwards they continue
+    from where they were, so the block leaves no trace on the rest of the program's random numbers."""
+    devices = {"cpu", paddle.get_device().split(":")[0]}
+    saved = {device: paddle.get_rng_state(device) for device in devices}
+    paddle.seed(seed)
+    try:
+        yield
+    finally:
+        for device, state in saved.items():
+            paddle.set_rng_state(state, device)
 
 
 def build_model(config):
-    """A fresh ``ResNet(config.arch, num_classes=1)``, initialised from ``config.seed``."""
-    paddle.seed(config.seed)
-    return ResNet(layers=config.arch, num_classes=1)
+    """A fresh ``ResNet(config.arch, num_classes=1)`` whose initial weights come from ``config.seed``
+    alone (Paddle's global random state is left as it was)."""
+    with _paddle_seeded(config.seed):
+        return ResNet(layers=config.arch, num_classes=1)
 
 
 def build_optimizer(model, config):
@@ -105,79 +107,19 @@ def binary_loss(logits, labels, reduction="mean"):
     return F.binary_cross_entropy_with_logits(logits, targets, reduction=reduction)
 
 
-class SeededDistributedBatchSampler(paddle.io.DistributedBatchSampler):
-    """``DistributedBatchSampler`` whose shuffle depends on ``(seed, epoch)``, not on the epoch alone.
-
-    Paddle's sampler shuffles with ``RandomState(epoch)``: every run sees the same order whatever its
-    seed. Here each epoch's order is a permutation drawn from ``(seed, epoch)``; it is padded by
-    repeating its first indices to a multiple of the number of processes, and process ``r`` takes
-    every ``nranks``-th index starting at ``r``. Call :meth:`set_epoch` before each epoch: the order
-    then depends only on the epoch number, which is what makes a resumed run repeat the uninterrupted one.
-    """
-
-    def __init__(self, dataset, batch_size, seed=0, **kwargs):
-        super().__init__(dataset, batch_size, **kwargs)
-        self.seed = seed
-
-    def __iter__(self):
-        n = len(self.dataset)
-        order = np.arange(n)
-        if self.shuffle:
-            order = np.random.default_rng([self.seed, self.epoch]).permutation(n)
-        order = np.concatenate([order, order[: self.total_size - n]])  # equal shares for every process
-        shard = order[self.local_rank : self.total_size : self.nranks]
-        for start in range(0, len(shard), self.batch_size):
-            batch = shard[start : start + self.batch_size]
-            if self.drop_last and len(batch) < self.batch_size:
-                break
-            yield batch.tolist()
-
-
-def make_loader(dataset, batch_size, shuffle=False, seed=0, num_workers=0, distributed=False):
-    """A DataLoader over ``dataset``; ``distributed=True`` gives this process its shard only.
-
-    In one process this is ``utils.palm.make_loader`` (a permutation drawn from ``(seed, epoch)``);
-    the distributed sampler draws the same permutation and deals it out. Evaluation loaders are not
-    distributed: every process sees the whole validation set.
-    """
-    if not distributed:
-        return palm_make_loader(dataset, batch_size, shuffle=shuffle, seed=seed, num_workers=num_workers)
-    sampler = SeededDistributedBatchSampler(dataset, batch_size, seed=seed, shuffle=shuffle)
-    batch_bytes = np.asarray(dataset[0][0]).nbytes * batch_size
-    return paddle.io.DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers,
-                                use_shared_memory=shared_memory_ok(batch_bytes, num_workers))
-
-
-def start_epoch(loader, epoch):
-    """Set the epoch of a loader's sampler and dataset (its shuffled order and its augmentations).
-
-    Setting it explicitly, instead of counting iterations, is what lets a resumed run draw the same
-    batches as an uninterrupted one. Works for :func:`make_loader`'s and ``utils.palm``'s loaders.
-    """
-    if hasattr(loader, "set_epoch"):  # utils.palm.PalmLoader sets both itself
-        loader.set_epoch(epoch)
-        return
-    loader.batch_sampler.set_epoch(epoch)
-    if hasattr(loader.dataset, "set_epoch"):  # before iterating: worker processes get a copy
-        loader.dataset.set_epoch(epoch)
-
-
 @paddle.no_grad()
 def predict_loader(model, loader):
     """Probabilities of label 1 and the labels of every image in ``loader``, in eval mode.
 
     Returns ``(probabilities [N], labels [N], mean loss)`` as NumPy arrays and a float.
     """
-    was_training = model.training
-    model.eval()
     probabilities, labels, loss_sum = [], [], 0.0
-    for images, batch_labels in loader:
-        logits = model(images)  # [B, 1]
-        loss_sum += float(binary_loss(logits, batch_labels, reduction="sum"))
-        probabilities.append(F.sigmoid(logits).numpy().reshape(-1))
-        labels.append(batch_labels.numpy().reshape(-1))
-    if was_training:
-        model.train()
+    with eval_mode(model):
+        for images, batch_labels in loader:
+            logits = model(images)  # [B, 1]
+            loss_sum += float(binary_loss(logits, batch_labels, reduction="sum"))
+            probabilities.append(F.sigmoid(logits).numpy().reshape(-1))
+            labels.append(batch_labels.numpy().reshape(-1))
     probabilities, labels = np.concatenate(probabilities), np.concatenate(labels).astype("int64")
     return probabilities, labels, loss_sum / len(labels)
 
@@ -245,11 +187,8 @@ def _average_running_stats(model):
 
 
 def save_checkpoint(path, model, optimizer, epoch, config, history, best):
-    """Write a checkpoint atomically: to a temporary file first, then renamed over ``path``.
-
-    An interrupted save therefore never leaves a half-written checkpoint behind.
-    """
-    path = pathlib.Path(path)
+    """Write a checkpoint atomically (:func:`utils.course.atomic_write`): an interrupted save never
+    leaves a half-written checkpoint behind."""
     state = {
         "model": model.state_dict(),
         "optimizer": _rename_optimizer_state(optimizer.state_dict(), _parameter_names(model)),
@@ -258,9 +197,8 @@ def save_checkpoint(path, model, optimizer, epoch, config, history, best):
         "history": history,
         "best": best,
     }
-    partial = path.with_name(path.name + ".partial")
-    paddle.save(state, str(partial))
-    os.replace(partial, path)
+    with atomic_write(path) as partial:
+        paddle.save(state, str(partial))
 
 
 def _parameter_names(model):
@@ -330,7 +268,7 @@ def train(model, optimizer, train_loader, valid_loader, config, out_dir=None, re
         # Paddle's BatchNorm warns on every training-mode call that it tracks running statistics.
         warnings.filterwarnings("ignore", message="When training, we now always track")
         for epoch in range(start, config.epochs):
-            start_epoch(train_loader, epoch)
+            train_loader.set_epoch(epoch)  # its seeded order and augmentations: resuming repeats them
             description = f"epoch {epoch + 1}/{config.epochs}"
             row = {"epoch": epoch + 1}
             row.update(train_one_epoch(network, train_loader, optimizer, description, progress and rank == 0))
@@ -407,13 +345,9 @@ def predict(model, image_path, image_size=224):
     ``image_size`` must be the size the model was trained at (the ``config.image_size`` that
     :func:`load_model` returns).
     """
-    was_training = model.training
-    model.eval()
     image = paddle.to_tensor(load_image(image_path, image_size)[None])  # [1, 3, S, S]
-    probability = float(F.sigmoid(model(image))[0, 0])
-    if was_training:
-        model.train()
-    return probability
+    with eval_mode(model):
+        return float(F.sigmoid(model(image))[0, 0])
 
 
 def make_datasets(root, config, cache_dir=None):
@@ -425,10 +359,8 @@ def make_datasets(root, config, cache_dir=None):
 
 def write_json(path, data):
     """Write ``data`` as indented JSON atomically (NaN becomes null, which every JSON reader accepts)."""
-    path = pathlib.Path(path)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(_nan_to_none(data), indent=2) + "\n")
-    os.replace(partial, path)
+    with atomic_write(path) as partial:
+        partial.write_text(json.dumps(_nan_to_none(data), indent=2) + "\n")
 
 
 def _nan_to_none(value):
@@ -442,8 +374,8 @@ def _nan_to_none(value):
 
 
 def parse_args(argv=None):
-    """The command line of ``python -m utils.train`` (defaults: the course's settings)."""
-    defaults = TrainConfig()
+    """The command line of ``python -m utils.train`` (defaults: the course's settings); ``args.config``
+    is the :class:`TrainConfig` of its flags."""
     parser = argparse.ArgumentParser(
         prog="python -m utils.train",
         description="Train the ResNet eye-disease classifier (pathologic myopia vs not) on iChallenge-PM.",
@@ -451,21 +383,7 @@ def parse_args(argv=None):
     parser.add_argument("--data", metavar="DIR", help="folder holding the unpacked iChallenge-PM data "
                         "(default: $PALM_DATA, then data/palm, else the synthetic set, generated under "
                         "data/synthetic on first use)")
-    parser.add_argument("--arch", type=int, default=defaults.arch, choices=[18, 34, 50, 101, 152],
-                        help="ResNet depth (default: %(default)s)")
-    parser.add_argument("--epochs", type=int, default=defaults.epochs, help="default: %(default)s")
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size,
-                        help="images per step and process (default: %(default)s)")
-    parser.add_argument("--image-size", type=int, default=defaults.image_size, help="default: %(default)s")
-    parser.add_argument("--lr", type=float, default=defaults.lr, help="Momentum learning rate (default: "
-                        "%(default)s)")
-    parser.add_argument("--momentum", type=float, default=defaults.momentum, help="default: %(default)s")
-    parser.add_argument("--weight-decay", type=float, default=defaults.weight_decay,
-                        help="L2 decay coefficient (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=defaults.seed, help="default: %(default)s")
-    parser.add_argument("--augment", action="store_true", help="random mirror/rotation/zoom/brightness")
-    parser.add_argument("--num-workers", type=int, default=defaults.num_workers,
-                        help="DataLoader worker processes (default: %(default)s)")
+    add_config_flags(parser)  # one flag per TrainConfig field: --arch, --epochs, ..., --num-workers
     parser.add_argument("--out", metavar="DIR", default="runs/resnet", help="output folder for the "
                         "checkpoints, metrics.json and curves.png (default: %(default)s)")
     parser.add_argument("--resume", action="store_true",
@@ -475,19 +393,7 @@ def parse_args(argv=None):
     parser.add_argument("--device", choices=["cpu", "gpu"], help="default: a GPU when there is one")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
-    for name in ("epochs", "batch_size", "image_size"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-    if not args.lr > 0:
-        parser.error(f"--lr must be a positive number, got {args.lr}")
-    if not 0 <= args.momentum < 1:
-        parser.error(f"--momentum must be in [0, 1), got {args.momentum}")
-    if not args.weight_decay >= 0:
-        parser.error(f"--weight-decay must be >= 0, got {args.weight_decay}")
-    if args.num_workers < 0:
-        parser.error(f"--num-workers must be >= 0, got {args.num_workers}")
-    if args.image_size < 32:
-        parser.error(f"--image-size must be at least 32 (ResNet downsamples by 32), got {args.image_size}")
+    args.config = config_from_args(parser, args)  # each setting's rule, checked where TrainConfig declares it
     if args.resume and not (pathlib.Path(args.out) / LAST_CHECKPOINT).is_file():
         parser.error(f"--resume: no {LAST_CHECKPOINT} in {args.out} to continue from (check --out)")
     return args
@@ -499,10 +405,7 @@ def main(argv=None):
     from utils.palm import display_path, resolve_data_root
 
     args = parse_args(argv)
-    config = TrainConfig(arch=args.arch, epochs=args.epochs, batch_size=args.batch_size,
-                         image_size=args.image_size, lr=args.lr, momentum=args.momentum,
-                         weight_decay=args.weight_decay, seed=args.seed, augment=args.augment,
-                         num_workers=args.num_workers)
+    config = args.config
     world = int(os.environ.get("PADDLE_TRAINERS_NUM", "1"))
     if world > 1:  # started by paddle.distributed.launch: it chooses each process's device
         paddle.distributed.init_parallel_env()

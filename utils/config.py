@@ -1,0 +1,116 @@
+"""The settings of a training run: :class:`TrainConfig`, the rule each setting obeys, and the flags of
+``python -m utils.train`` generated from its fields.
+
+Every setting is declared once, as a field with its default, its help text and its rule; the
+dataclass checks the rules when it is built (``TrainConfig(lr=-1)`` raises ``ValueError``), and
+:func:`add_config_flags` / :func:`check_config_flags` turn the same fields into command-line flags
+and their checks. No Paddle here: the benchmark's parent process and ``--help`` need none.
+"""
+
+import dataclasses
+from collections.abc import Callable
+
+from utils.palm import MIN_IMAGE_SIZE
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """A condition a setting must meet, and how an error message says it (``must be <text>``)."""
+
+    holds: Callable[[object], bool]
+    text: str
+
+    def problem(self, value):
+        """``"must be <text>, got <value>"`` when ``value`` breaks the rule, else None."""
+        return None if self.holds(value) else f"must be {self.text}, got {value!r}"
+
+
+AT_LEAST_ONE = Rule(lambda value: value >= 1, "at least 1")
+NOT_NEGATIVE = Rule(lambda value: value >= 0, ">= 0")
+IMAGE_SIZE = Rule(lambda value: value >= MIN_IMAGE_SIZE,
+                  f"at least {MIN_IMAGE_SIZE} (ResNet downsamples by 32)")
+ARCHS = (18, 34, 50, 101, 152)
+
+
+def one_of(choices):
+    """The rule "must be one of ...", for a setting with a fixed set of values."""
+    return Rule(lambda value: value in choices, "one of " + ", ".join(map(str, choices)))
+
+
+def _setting(default, help, rule=None, choices=None):
+    return dataclasses.field(default=default, metadata={"help": help, "rule": rule, "choices": choices})
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything a run depends on; saved in every checkpoint and in ``metrics.json``.
+
+    The defaults are the original course's settings (its ResNet-50 section). Each field declares its
+    help text and rule once; a value that breaks a rule raises ``ValueError`` naming the setting.
+    """
+
+    arch: int = _setting(50, "ResNet depth", one_of(ARCHS), choices=ARCHS)
+    epochs: int = _setting(5, "epochs in total, counting resumed ones", AT_LEAST_ONE)
+    batch_size: int = _setting(10, "images per step and process", AT_LEAST_ONE)
+    image_size: int = _setting(224, "side of the square input images, in px", IMAGE_SIZE)
+    lr: float = _setting(0.001, "Momentum learning rate", Rule(lambda value: value > 0, "a positive number"))
+    momentum: float = _setting(0.9, "Momentum's momentum", Rule(lambda value: 0 <= value < 1, "in [0, 1)"))
+    weight_decay: float = _setting(0.001, "L2 decay coefficient, as paddle.regularizer.L2Decay", NOT_NEGATIVE)
+    seed: int = _setting(0, "seed of the initial weights, the shuffled order and the augmentation")
+    augment: bool = _setting(False, "random mirror/rotation/zoom/brightness; the course had none")
+    num_workers: int = _setting(0, "DataLoader worker processes (0: load in the main process)", NOT_NEGATIVE)
+
+    def __post_init__(self):
+        problems = [f"{name} {problem}" for name, problem in config_problems(vars(self))]
+        if problems:
+            raise ValueError("TrainConfig: " + "; ".join(problems))
+
+
+def config_problems(values):
+    """``[(setting, "must be ..., got ...")]`` for every value in ``values`` that breaks its rule."""
+    problems = []
+    for field in dataclasses.fields(TrainConfig):
+        rule = field.metadata["rule"]
+        problem = rule.problem(values[field.name]) if rule is not None and field.name in values else None
+        if problem is not None:
+            problems.append((field.name, problem))
+    return problems
+
+
+def flag_name(setting):
+    """The command-line flag of a setting: ``batch_size`` -> ``--batch-size``."""
+    return "--" + setting.replace("_", "-")
+
+
+def add_config_flags(parser):
+    """One flag per :class:`TrainConfig` field, with its type, default and help text."""
+    for field in dataclasses.fields(TrainConfig):
+        help_text = field.metadata["help"]
+        if field.type is bool:
+            parser.add_argument(flag_name(field.name), action="store_true", help=help_text)
+            continue
+        parser.add_argument(flag_name(field.name), type=field.type, default=field.default,
+                            choices=field.metadata["choices"], help=f"{help_text} (default: %(default)s)")
+
+
+def check_flag(parser, flag, value, rule):
+    """End the command with ``--flag must be ..., got ...`` (argparse's usage error) if ``value``
+    breaks ``rule``; for flags that are not :class:`TrainConfig` fields (the benchmark's)."""
+    problem = rule.problem(value)
+    if problem is not None:
+        parser.error(f"{flag} {problem}")
+
+
+def config_from_args(parser, args):
+    """The :class:`TrainConfig` of parsed flags; a value that breaks its rule ends the command with a
+    usage error that names the flag."""
+    values = {field.name: getattr(args, field.name) for field in dataclasses.fields(TrainConfig)}
+    for setting, problem in config_problems(values):
+        parser.error(f"{flag_name(setting)} {problem}")
+    return TrainConfig(**values)
+
+
+def setting_rule(setting):
+    """The :class:`Rule` of a :class:`TrainConfig` field (None where any value will do)."""
+    return next(f.metadata["rule"] for f in dataclasses.fields(TrainConfig) if f.name == setting)
+
