@@ -172,3 +172,35 @@ def test_verify_runs_pytest_once_per_math_path_with_its_settings():
     assert all(command[-1] == "notebooks/00_start_here.ipynb" and "pytest" in command for command, _ in calls)
     with pytest.raises(ValueError, match="unknown math path 'fast'"):
         notebooks.verify([], ["fast"], runner=fake_run)
+
+
+def test_cpu_info_reads_the_first_processor_and_survives_a_missing_file(tmp_path):
+    path = tmp_path / "cpuinfo"
+    path.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 9B45\n"
+                    "flags\t\t: fpu avx2 avx512f\n\nprocessor\t: 1\nvendor_id\t: Other\nflags\t\t: sse2\n")
+    assert course.cpu_info(str(path)) == {"vendor": "AuthenticAMD", "model": "AMD EPYC 9B45",
+                                          "flags": {"fpu", "avx2", "avx512f"}}
+    assert course.cpu_info(str(tmp_path / "missing")) == {"vendor": "", "model": "", "flags": set()}
+
+
+def test_atomic_write_replaces_all_at_once_or_leaves_the_old_file(tmp_path):
+    target = tmp_path / "sub" / "cache.npy"
+    with course.atomic_write(target) as partial:
+        assert partial.parent == target.parent and partial.suffix == ".npy" and not target.exists()
+        np.save(partial, np.arange(3))  # np.save adds no second .npy: the suffix is kept
+    np.testing.assert_array_equal(np.load(target), np.arange(3))
+    with pytest.raises(RuntimeError), course.atomic_write(target) as partial:
+        partial.write_bytes(b"half a file")
+        raise RuntimeError("interrupted")
+    np.testing.assert_array_equal(np.load(target), np.arange(3))
+    assert [p.name for p in target.parent.iterdir()] == ["cache.npy"], "the partial file is removed"
+
+
+def test_atomic_write_replaces_a_folder(tmp_path):
+    target = tmp_path / "set"
+    for content in ("old", "new"):
+        with course.atomic_write(target) as partial:
+            partial.mkdir()
+            (partial / "file.txt").write_text(content)
+    assert (target / "file.txt").read_text() == "new"
+    assert [p.name for p in tmp_path.iterdir()] == ["set"], "no temporary or old folder is left"

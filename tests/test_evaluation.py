@@ -148,15 +148,21 @@ def test_brier_reliability_and_ece_by_hand():
     assert ev.expected_calibration_error(labels, probabilities, bins=2) == pytest.approx((0.2 + 0.25) / 2)
 
 
-def test_stratified_split_keeps_every_groups_share_and_names_a_group_too_small():
+def test_stratified_split_keeps_every_groups_share_and_names_a_class_left_out():
     groups = np.array(["H"] * 26 + ["N"] * 161 + ["P"] * 213)
-    first, second = ev.stratified_split(groups, 0.2, seed=0)
+    labels = (groups == "P").astype(int)
+    first, second = ev.stratified_split(groups, 0.2, seed=0, labels=labels)
     assert sorted(np.r_[first, second].tolist()) == list(range(400))
     assert [int((groups[second] == g).sum()) for g in "HNP"] == [5, 32, 43]  # round(0.2 * count)
     assert ev.stratified_split(groups, 0.2, seed=0)[1].tolist() == second.tolist()
     assert ev.stratified_split(groups, 0.2, seed=1)[1].tolist() != second.tolist()
-    with pytest.raises(ValueError, match="group 'H' has 1 image"):
-        ev.stratified_split(np.array(["H"] + ["P"] * 10), 0.2)
+    # one H image stays in the first part; with only H as class 0 the selection part lacks class 0
+    tiny = np.array(["H"] + ["P"] * 10)
+    assert ev.stratified_split(tiny, 0.2)[0].tolist().count(0) == 1
+    with pytest.raises(ValueError, match="leaves the selection part without any image of class 0"):
+        ev.stratified_split(tiny, 0.2, labels=(tiny == "P").astype(int))
+    with pytest.raises(ValueError, match="selection fraction must be between 0 and 1"):
+        ev.stratified_split(groups, 0.0)
 
 
 def test_worst_errors_are_the_most_confident_mistakes():

@@ -147,19 +147,19 @@ def test_find_layout_points_at_an_unpacked_nested_zip(data):
 
 
 def test_dataset_items_order_and_labels(data, tmp_path):
-    train = palm.PalmDataset(data, "train", image_size=24, cache_dir=tmp_path / "cache")
+    train = palm.PalmDataset(data, "train", image_size=32, cache_dir=tmp_path / "cache")
     assert train.names == sorted(p.name for p in (data / TRAIN).iterdir())
     assert train.labels == [0, 0, 0, 0, 1, 1, 1] and train.class_counts() == {0: 4, 1: 3}
     with open(data / GT / "labels.csv") as f:
         expected = {row["imgName"]: int(row["Label"]) for row in csv.DictReader(f)}
-    valid = palm.PalmDataset(data, "valid", image_size=24, cache_dir=tmp_path / "cache")
+    valid = palm.PalmDataset(data, "valid", image_size=32, cache_dir=tmp_path / "cache")
     assert valid.names == sorted(expected) and valid.labels == [expected[n] for n in valid.names]
     image, label = valid[2]
-    assert image.shape == (3, 24, 24) and image.dtype == np.float32 and label == expected[valid.names[2]]
+    assert image.shape == (3, 32, 32) and image.dtype == np.float32 and label == expected[valid.names[2]]
     assert -1.0 <= image.min() and image.max() <= 1.0
 
 
-@pytest.mark.parametrize("size", [8, 24, 33])
+@pytest.mark.parametrize("size", [32, 33, 48])
 def test_preprocessing_matches_a_hand_computation(data, tmp_path, size):
     """RGB order, resize, HWC -> CHW and x / 127.5 - 1, checked on an image of known colours."""
     bgr = np.zeros((60, 50, 3), np.uint8)
@@ -182,12 +182,12 @@ def test_grey_rgba_and_16_bit_images_are_converted(data):
     cv2.imwrite(str(data / TRAIN / "N9002.png"), rgba)
     cv2.imwrite(str(data / TRAIN / "N9003.png"), np.full((30, 30, 3), 257 * 200, np.uint16))  # 16 bit
     cv2.imwrite(str(data / TRAIN / "N9004.jpg"), np.full((30, 30), 50, np.uint8))            # grey JPEG
-    dataset = palm.PalmDataset(data, "train", image_size=10, cache=False)
+    dataset = palm.PalmDataset(data, "train", image_size=32, cache=False)
     expected = {"N9001.png": (100, 100, 100), "N9002.png": (30, 20, 10), "N9003.png": (200, 200, 200),
                 "N9004.jpg": (50, 50, 50)}
     for name, rgb in expected.items():
         image = dataset.resized(dataset.names.index(name))
-        assert image.shape == (10, 10, 3)
+        assert image.shape == (32, 32, 3)
         np.testing.assert_allclose(image.reshape(-1, 3).mean(axis=0), rgb, atol=1.5, err_msg=name)
 
 
@@ -196,8 +196,8 @@ def test_system_and_other_files_are_ignored(data):
         (data / TRAIN / name).write_bytes(b"\x00junk")
         (data / VALID / name).write_bytes(b"\x00junk")
     (data / TRAIN / "subfolder").mkdir()
-    assert len(palm.PalmDataset(data, "train", 16, cache=False)) == 7
-    assert len(palm.PalmDataset(data, "valid", 16, cache=False)) == 6
+    assert len(palm.PalmDataset(data, "train", 32, cache=False)) == 7
+    assert len(palm.PalmDataset(data, "valid", 32, cache=False)) == 6
 
 
 @pytest.mark.parametrize("damage, message", [
@@ -211,7 +211,7 @@ def test_a_bad_image_is_named(data, tmp_path, damage, message, cache):
     path = data / TRAIN / "N0002.jpg"
     path.write_bytes(damage(path.read_bytes()))
     with pytest.raises(palm.BadImageError, match=message) as error:
-        dataset = palm.PalmDataset(data, "train", 16, cache=cache, cache_dir=tmp_path / "cache")
+        dataset = palm.PalmDataset(data, "train", 32, cache=cache, cache_dir=tmp_path / "cache")
         [dataset[i] for i in range(len(dataset))]
     assert str(path) in str(error.value)
 
@@ -227,7 +227,7 @@ def test_truncated_png_is_named(data):
 def test_a_bad_training_file_name_is_named(data):
     shutil.copy(data / TRAIN / "H0001.jpg", data / TRAIN / "scan_12.jpg")
     with pytest.raises(ValueError, match="'scan_12.jpg'"):
-        palm.PalmDataset(data, "train", 16, cache=False)
+        palm.PalmDataset(data, "train", 32, cache=False)
 
 
 def test_unlabeled_images_and_labels_without_image_are_listed(data):
@@ -236,17 +236,17 @@ def test_unlabeled_images_and_labels_without_image_are_listed(data):
     (data / VALID / "V0004.jpg").unlink()
     (data / GT / "PM_Label_and_Fovea_Location.xlsx").unlink()  # use the csv
     with pytest.raises(ValueError) as error:
-        palm.PalmDataset(data, "valid", 16, cache=False)
+        palm.PalmDataset(data, "valid", 32, cache=False)
     message = str(error.value)
     assert "1 image(s)" in message and "V0777.jpg" in message
     assert "2 label(s)" in message and "V0003.jpg, V0004.jpg" in message
 
 
-@pytest.mark.parametrize("bad, error", [({"split": "test"}, "'test'"), ({"image_size": 4}, "4"),
+@pytest.mark.parametrize("bad, error", [({"split": "test"}, "'test'"), ({"image_size": 31}, "31"),
                                         ({"image_size": 22.5}, "22.5")])
 def test_bad_arguments_are_named(data, bad, error):
     with pytest.raises(ValueError, match=error):
-        palm.PalmDataset(data, **dict({"split": "train", "image_size": 16, "cache": False}, **bad))
+        palm.PalmDataset(data, **dict({"split": "train", "image_size": 32, "cache": False}, **bad))
 
 
 # --- cache -----------------------------------------------------------------------------------
@@ -254,31 +254,31 @@ def test_bad_arguments_are_named(data, bad, error):
 
 def test_cache_matches_decoding_and_is_rebuilt_when_files_change(data, tmp_path):
     cache = tmp_path / "cache"
-    first = palm.PalmDataset(data, "train", 20, cache_dir=cache)
-    plain = palm.PalmDataset(data, "train", 20, cache=False)
+    first = palm.PalmDataset(data, "train", 32, cache_dir=cache)
+    plain = palm.PalmDataset(data, "train", 32, cache=False)
     assert first.cache_rebuilt
     for i in range(len(plain)):
         np.testing.assert_array_equal(first[i][0], plain[i][0])
-    assert not palm.PalmDataset(data, "train", 20, cache_dir=cache).cache_rebuilt
-    assert palm.PalmDataset(data, "train", 12, cache_dir=cache).cache_rebuilt  # another size
-    assert palm.PalmDataset(data, "valid", 20, cache_dir=cache).cache_rebuilt  # another split
+    assert not palm.PalmDataset(data, "train", 32, cache_dir=cache).cache_rebuilt
+    assert palm.PalmDataset(data, "train", 48, cache_dir=cache).cache_rebuilt  # another size
+    assert palm.PalmDataset(data, "valid", 32, cache_dir=cache).cache_rebuilt  # another split
     assert len(list(cache.glob("*.npy"))) == 3, "one array file per split and size"
 
     os.utime(data / TRAIN / "N0001.jpg", ns=(1, 1))  # a source file changed
-    assert palm.PalmDataset(data, "train", 20, cache_dir=cache).cache_rebuilt
+    assert palm.PalmDataset(data, "train", 32, cache_dir=cache).cache_rebuilt
     shutil.copy(data / TRAIN / "P0001.jpg", data / TRAIN / "P0100.jpg")  # a file added
-    grown = palm.PalmDataset(data, "train", 20, cache_dir=cache)
-    assert grown.cache_rebuilt and len(grown) == 8 and grown.images.shape == (8, 20, 20, 3)
-    assert len(list(cache.glob("*.npy"))) == 3 and not list(cache.glob("*tmp*"))
+    grown = palm.PalmDataset(data, "train", 32, cache_dir=cache)
+    assert grown.cache_rebuilt and len(grown) == 8 and grown.images.shape == (8, 32, 32, 3)
+    assert len(list(cache.glob("*.npy"))) == 3 and not list(cache.glob("*partial*"))
 
 
 def test_augmentation_is_seeded_per_epoch(data):
-    dataset = palm.PalmDataset(data, "train", 24, augment=True, cache=False, seed=1)
+    dataset = palm.PalmDataset(data, "train", 32, augment=True, cache=False, seed=1)
     first = dataset[3][0]
     np.testing.assert_array_equal(first, dataset[3][0])
     dataset.set_epoch(1)
     assert not np.array_equal(first, dataset[3][0])
-    assert first.shape == (3, 24, 24) and -1 <= first.min() and first.max() <= 1
+    assert first.shape == (3, 32, 32) and -1 <= first.min() and first.max() <= 1
 
 
 # --- loaders ---------------------------------------------------------------------------------
@@ -302,8 +302,36 @@ def test_seeded_batch_sampler(n, batch_size, drop_last, lengths):
         palm.SeededBatchSampler(n, 0)
 
 
+def test_seeded_batch_sampler_deals_one_order_out_to_the_processes():
+    """Data parallel: process r takes every 2nd index of the seeded order, padded to equal shares."""
+    order = np.random.default_rng([0, 2]).permutation(11)  # seed 0, epoch 2
+    padded = np.concatenate([order, order[:1]])  # 12 indices: 6 per process
+    for rank in (0, 1):
+        sampler = palm.SeededBatchSampler(11, 4, shuffle=True, seed=0, num_replicas=2, rank=rank)
+        sampler.set_epoch(2)
+        batches = list(sampler)
+        assert [len(b) for b in batches] == [4, 2] and len(sampler) == 2
+        assert sum(batches, []) == padded[rank::2].tolist()
+    single = palm.SeededBatchSampler(11, 4, shuffle=True, seed=0)
+    single.set_epoch(2)
+    assert sum(list(single), []) == order.tolist(), "one process: the whole order"
+    with pytest.raises(ValueError, match=r"rank must be in \[0, num_replicas=2\), not 2"):
+        palm.SeededBatchSampler(11, 4, num_replicas=2, rank=2)
+
+
+def test_make_loader_sizes_shared_memory_without_decoding_an_image(data, monkeypatch):
+    dataset = palm.PalmDataset(data, "train", 32, cache=False)
+
+    def no_decoding(index):
+        raise AssertionError("make_loader decoded an image")
+
+    monkeypatch.setattr(dataset, "resized", no_decoding)
+    assert palm.batch_nbytes(dataset, 5) == 5 * 3 * 32 * 32 * 4
+    assert len(palm.make_loader(dataset, batch_size=3, num_workers=2)) == 3
+
+
 def test_loader_epochs_are_reproducible_and_workers_do_not_change_them(data, tmp_path):
-    dataset = palm.PalmDataset(data, "train", 16, augment=True, cache_dir=tmp_path / "cache", seed=3)
+    dataset = palm.PalmDataset(data, "train", 32, augment=True, cache_dir=tmp_path / "cache", seed=3)
 
     def two_epochs(num_workers):
         loader = palm.make_loader(dataset, batch_size=3, shuffle=True, seed=3, num_workers=num_workers)
@@ -316,13 +344,13 @@ def test_loader_epochs_are_reproducible_and_workers_do_not_change_them(data, tmp
             np.testing.assert_array_equal(y0, y1)
     assert not np.array_equal(single[0][0][0], single[1][0][0]), "a new order and augmentation per epoch"
     x, y = single[0][0]
-    assert x.shape == (3, 3, 16, 16) and y.dtype == np.int64
+    assert x.shape == (3, 3, 32, 32) and y.dtype == np.int64
     with pytest.raises(ValueError, match="num_workers must be >= 0, not -1"):
         palm.make_loader(dataset, num_workers=-1)
 
 
 def test_leaving_an_epoch_early_stops_the_workers(data, tmp_path):
-    dataset = palm.PalmDataset(data, "train", 16, cache_dir=tmp_path / "cache")
+    dataset = palm.PalmDataset(data, "train", 32, cache_dir=tmp_path / "cache")
     loader = palm.make_loader(dataset, batch_size=2, num_workers=2)
     first = [y.numpy().tolist() for _, y in itertools.islice(loader, 2)]
     assert first == [[0, 0], [0, 0]]
@@ -369,7 +397,7 @@ def test_extract_archives_builds_the_layout_and_is_idempotent(tiny_set, tmp_path
     names = sorted(p.name for p in (tiny_set / TRAIN).iterdir())
     assert sorted(p.name for p in layout.train_dir.iterdir()) == names
     assert not (tmp_path / "palm" / "__MACOSX").exists()
-    assert len(palm.PalmDataset(tmp_path / "palm", "valid", 16, cache=False)) == 6
+    assert len(palm.PalmDataset(tmp_path / "palm", "valid", 32, cache=False)) == 6
     marker = layout.train_dir / "H0001.jpg"
     before = marker.stat().st_mtime_ns
     palm.extract_archives(src, tmp_path / "palm")
@@ -427,7 +455,7 @@ def test_resolve_unpacks_aistudio_archives(tiny_set, tmp_path, monkeypatch):
     _official_archives(tiny_set, mounted / "data19065")
     root, kind = palm.resolve_data_root(data_dir=tmp_path / "d", aistudio_dir=mounted, quiet=True)
     assert (root, kind) == (tmp_path / "d" / "palm", "real")
-    assert len(palm.PalmDataset(root, "train", 16, cache=False)) == 7
+    assert len(palm.PalmDataset(root, "train", 32, cache=False)) == 7
 
 
 def test_resolve_falls_back_to_a_synthetic_set_generated_once(tmp_path, monkeypatch, capsys):
@@ -439,14 +467,14 @@ def test_resolve_falls_back_to_a_synthetic_set_generated_once(tmp_path, monkeypa
     assert kind == "synthetic" and root == tmp_path / "d" / "synthetic"
     assert "SYNTHETIC" in first.out and str(tmp_path) not in first.out
     assert "Generating the synthetic data set (5 + 4 images, 32 px)" in first.err
-    assert len(palm.PalmDataset(root, "train", 16, cache=False)) == 5
+    assert len(palm.PalmDataset(root, "train", 32, cache=False)) == 5
     stamp = (root / "PALM-Validation400" / "V0001.jpg").stat().st_mtime_ns
     palm.resolve_data_root(**kwargs)
     second = capsys.readouterr()
     assert second.out == first.out and second.err == "", "stdout identical whether generated now or not"
     assert (root / "PALM-Validation400" / "V0001.jpg").stat().st_mtime_ns == stamp
     palm.resolve_data_root(**dict(kwargs, synthetic_options=dict(options, n_train=6)), quiet=True)
-    assert len(palm.PalmDataset(root, "train", 16, cache=False)) == 6, "other options: regenerated"
+    assert len(palm.PalmDataset(root, "train", 32, cache=False)) == 6, "other options: regenerated"
     assert [p.name for p in (tmp_path / "d").iterdir()] == ["synthetic"], "no temporary folder left"
 
 
@@ -479,6 +507,6 @@ def test_command_line_reports_missing_archives_without_a_traceback(tmp_path):
 
 
 def test_load_image_is_exactly_what_the_dataset_serves(tiny_set):
-    dataset = palm.PalmDataset(tiny_set, "valid", 16, cache=False)
+    dataset = palm.PalmDataset(tiny_set, "valid", 32, cache=False)
     image, _ = dataset[0]
-    np.testing.assert_array_equal(palm.load_image(tiny_set / VALID / "V0001.jpg", 16), image)
+    np.testing.assert_array_equal(palm.load_image(tiny_set / VALID / "V0001.jpg", 32), image)

@@ -1,8 +1,12 @@
-"""Tests for utils.train: metrics against hand-derived numbers, evaluation mode, checkpoints and resume,
-the seeded sampler, prediction, and the command line (a tiny end-to-end run)."""
+"""Tests for utils.train: metrics against hand-derived numbers, evaluation mode, the learning-rate
+schedule against its closed form, checkpoints and resume, the selection split and the test protocol
+(the test set is built only after training), the settings and their flags, prediction, the command
+line (tiny end-to-end runs), and data-parallel training on two CPU processes against a single-process
+reference."""
 
 import dataclasses
 import json
+import math
 import os
 import subprocess
 import sys
@@ -11,28 +15,37 @@ import numpy as np
 import paddle
 import pytest
 
+from utils import evaluation
+from utils import train as train_module
+from utils.config import recipe
 from utils.palm import PalmDataset
 from utils.resnet import ResNet
 from utils.synthetic_fundus import make_dataset
 from utils.train import (
-    BEST_CHECKPOINT,
     CURVES_FILE,
     LAST_CHECKPOINT,
     METRICS_FILE,
-    SeededDistributedBatchSampler,
+    PREDICTIONS_FILE,
+    SplitDataset,
     TrainConfig,
+    assess,
     binary_loss,
     binary_metrics,
     build_model,
     build_optimizer,
+    build_schedule,
     evaluate,
     load_checkpoint,
     load_model,
+    make_datasets,
     make_loader,
+    operating_point,
     parse_args,
     predict,
     predict_loader,
+    predict_logits,
     train,
+    train_one_epoch,
 )
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -57,16 +70,36 @@ class SquaresDataset(paddle.io.Dataset):
         return self.images[index], int(self.labels[index])
 
 
-TINY = TrainConfig(arch=18, epochs=2, batch_size=4, image_size=32, lr=0.01, seed=3)
+TINY = TrainConfig(arch=18, epochs=2, batch_size=4, image_size=32, lr=0.01, seed=3, augment=False)
 
 
-def tiny_run(out_dir, config=TINY, resume=False):
+class Interrupted(Exception):
+    """Raised by a log callback to stop a run after an epoch, as a killed process would stop."""
+
+
+def tiny_run(out_dir, config=TINY, resume=False, stop_after=None):
     train_loader = make_loader(SquaresDataset(12), config.batch_size, shuffle=True, seed=config.seed)
-    valid_loader = make_loader(SquaresDataset(8, seed=1), 8)
+    selection_loader = make_loader(SquaresDataset(8, seed=1), 8)
     model = build_model(config)
-    optimizer = build_optimizer(model, config)
-    result = train(model, optimizer, train_loader, valid_loader, config, out_dir, resume=resume,
-                   progress=False)
+    schedule = build_schedule(config, len(train_loader))
+    optimizer = build_optimizer(model, config, schedule)
+
+    def log(line):
+        if stop_after is not None and line.startswith(f"epoch {stop_after}:"):
+            raise Interrupted(line)
+
+    result = train(
+        model,
+        optimizer,
+        train_loader,
+        config,
+        selection_loader,
+        schedule,
+        out_dir,
+        resume=resume,
+        progress=False,
+        log=log,
+    )
     return model, result
 
 
@@ -133,40 +166,104 @@ def test_evaluate_uses_eval_mode_batchnorm_and_does_not_touch_running_stats():
         np.testing.assert_array_equal(old, new.numpy())
 
 
-def test_sampler_order_depends_on_seed_and_epoch_and_shards_cover_everything():
-    dataset = SquaresDataset(11)
-
-    def batches(seed, epoch, rank=0, replicas=1, shuffle=True):
-        sampler = SeededDistributedBatchSampler(
-            dataset, 4, seed=seed, shuffle=shuffle, num_replicas=replicas, rank=rank
-        )
-        sampler.set_epoch(epoch)
-        return list(sampler)
-
-    first = batches(0, 0)
-    assert [len(b) for b in first] == [4, 4, 3] and sorted(sum(first, [])) == list(range(11))
-    assert batches(0, 0) == first, "same seed and epoch, same order"
-    assert batches(1, 0) != first and batches(0, 1) != first
-    assert sum(batches(0, 0, shuffle=False), []) == list(range(11))
-    # Two processes: 11 indices padded to 12, six each, together every index at least once.
-    shards = [sum(batches(0, 2, rank, 2), []) for rank in (0, 1)]
-    assert [len(s) for s in shards] == [6, 6]
-    assert set(shards[0]) | set(shards[1]) == set(range(11))
+def test_train_accuracy_and_loss_are_those_of_the_batches_as_they_were_seen():
+    """train_one_epoch's running figures against NumPy, with the weights frozen (learning rate 0), so
+    that every batch is seen by the same linear model: accuracy = share of (logit >= 0) == label."""
+    paddle.seed(0)
+    model = paddle.nn.Sequential(paddle.nn.Flatten(), paddle.nn.Linear(3 * 32 * 32, 1))
+    dataset = SquaresDataset(10)
+    frozen = paddle.optimizer.SGD(learning_rate=0.0, parameters=model.parameters())
+    row = train_one_epoch(
+        model, make_loader(dataset, batch_size=4, shuffle=True, seed=2), frozen, progress=False
+    )
+    flat = dataset.images.reshape(10, -1).astype("float64")  # [10, 3072]
+    z = (flat @ model[1].weight.numpy() + model[1].bias.numpy())[:, 0]
+    y = dataset.labels
+    assert 0 < np.mean((z >= 0) == (y == 1)) < 1, "a model that is neither always right nor always wrong"
+    assert row["train_accuracy"] == pytest.approx(np.mean((z >= 0) == (y == 1)), abs=1e-12)
+    loss = np.mean(np.log1p(np.exp(-np.abs(z))) + np.maximum(z, 0) - z * y)
+    assert abs(row["train_loss"] - loss) < 1e-5
 
 
-def test_train_keeps_history_and_saves_the_best_auc_checkpoint(tmp_path):
+def test_build_model_is_seeded_by_the_config_and_leaves_the_global_generator_alone():
+    paddle.seed(11)
+    expected = paddle.rand([3]).numpy()
+    paddle.seed(11)
+    first = build_model(TINY)
+    assert np.array_equal(paddle.rand([3]).numpy(), expected), "build_model changed the global random state"
+    second = build_model(TINY)
+    other = build_model(dataclasses.replace(TINY, seed=4))
+    for a, b in zip(first.parameters(), second.parameters(), strict=True):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    assert not np.array_equal(first.stem.conv.weight.numpy(), other.stem.conv.weight.numpy())
+
+
+def test_config_rules_hold_for_the_class_and_the_command_line(capsys):
+    with pytest.raises(ValueError, match=r"lr must be a positive number, got -1.*momentum must be in"):
+        TrainConfig(lr=-1, momentum=1)
+    with pytest.raises(ValueError, match="image_size must be at least 32"):
+        dataclasses.replace(TINY, image_size=16)
+    with pytest.raises(ValueError, match="selection_fraction must be between 0 and 0.5, got 0.7"):
+        TrainConfig(selection_fraction=0.7)
+    args = parse_args(["--arch", "18", "--no-augment", "--weight-decay", "0"])
+    assert args.config == TrainConfig(arch=18, augment=False, weight_decay=0.0)
+    # Every field of TrainConfig is a flag, with the field's default.
+    assert parse_args([]).config == TrainConfig()
+    with pytest.raises(SystemExit):
+        parse_args(["--help"])
+    help_text = capsys.readouterr().out
+    for field in dataclasses.fields(TrainConfig):
+        assert "--" + field.name.replace("_", "-") in help_text
+
+
+def test_the_recipes_are_the_cpu_defaults_and_the_original_courses_settings():
+    course = recipe("course")
+    assert (course.epochs, course.image_size, course.lr, course.momentum, course.weight_decay) == (
+        5,
+        224,
+        0.001,
+        0.9,
+        0.001,
+    )
+    assert (course.batch_size, course.schedule, course.augment, course.arch) == (10, "constant", False, 50)
+    assert recipe("cpu") == TrainConfig() and recipe("course", seed=2).seed == 2
+    assert parse_args(["--recipe", "course"]).config == course
+    assert parse_args(["--recipe", "course", "--epochs", "7"]).config == dataclasses.replace(course, epochs=7)
+    with pytest.raises(ValueError, match="unknown recipe 'fast'"):
+        recipe("fast")
+
+
+@pytest.mark.parametrize("warmup_epochs", [1.0, 0.0])
+def test_cosine_schedule_is_linear_warmup_from_a_tenth_then_cosine_to_zero(warmup_epochs):
+    config = dataclasses.replace(TINY, epochs=3, lr=0.1, warmup_epochs=warmup_epochs)
+    steps, warmup = 4, int(4 * warmup_epochs)
+    schedule = build_schedule(config, steps)
+    rates = []
+    for _ in range(3 * steps):
+        rates.append(schedule())
+        schedule.step()
+    decay = 3 * steps - warmup
+    expected = [0.01 + (0.1 - 0.01) * k / warmup for k in range(warmup)]
+    expected += [0.1 * (1 + math.cos(math.pi * t / decay)) / 2 for t in range(decay)]
+    assert rates == pytest.approx(expected, abs=1e-12)
+    assert build_schedule(dataclasses.replace(config, schedule="constant"), steps) == 0.1
+    with pytest.raises(ValueError, match="pass the scheduler"):
+        build_optimizer(build_model(config), config)
+
+
+def test_train_keeps_history_scores_the_selection_split_and_saves_the_last_checkpoint(tmp_path):
     model, result = tiny_run(tmp_path)
     history = result["history"]
-    assert [row["epoch"] for row in history] == [1, 2]
-    assert {"train_loss", "valid_loss", "valid_auc", "valid_confusion_matrix"} <= set(history[0])
-    best_row = max(history, key=lambda row: row["valid_auc"])  # first of equals, like train()
-    assert result["best"]["epoch"] == best_row["epoch"]
-    best = load_checkpoint(tmp_path / BEST_CHECKPOINT)
+    assert [row["epoch"] for row in history] == [1, 2] and set(result) == {"history"}
+    assert {"lr", "train_loss", "selection_loss", "selection_auc", "selection_confusion_matrix"} <= set(
+        history[0]
+    )
+    assert history[0]["lr"] == pytest.approx(TINY.lr / 10)  # the warmup starts at a tenth
     last = load_checkpoint(tmp_path / LAST_CHECKPOINT)
-    assert best["epoch"] == best_row["epoch"] and last["epoch"] == 2
-    assert last["config"] == dataclasses.asdict(TINY) and last["history"] == history
-    assert set(last) >= {"model", "optimizer", "epoch", "config", "history", "best"}
-    assert not list(tmp_path.glob("*.partial")), "saves are atomic: no partial file is left behind"
+    assert last["epoch"] == 2 and last["config"] == dataclasses.asdict(TINY) and last["history"] == history
+    assert set(last) >= {"model", "optimizer", "epoch", "config", "history"}
+    assert "LR_Scheduler" in last["optimizer"], "the schedule's position is saved for resuming"
+    assert {p.name for p in tmp_path.iterdir()} == {LAST_CHECKPOINT}, "no partial file left"
     # The saved model reloads and predicts exactly what the trained one predicts (last epoch).
     reloaded, config = load_model(tmp_path / LAST_CHECKPOINT)
     assert config == TINY
@@ -174,11 +271,14 @@ def test_train_keeps_history_and_saves_the_best_auc_checkpoint(tmp_path):
     np.testing.assert_array_equal(predict_loader(reloaded, loader)[0], predict_loader(model, loader)[0])
 
 
-def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path):
-    uninterrupted, straight = tiny_run(tmp_path / "straight")
-    tiny_run(tmp_path / "split", dataclasses.replace(TINY, epochs=1))  # "interrupted" after epoch 1
-    resumed, continued = tiny_run(tmp_path / "split", resume=True)
-    assert continued["history"] == straight["history"]
+@pytest.mark.parametrize("schedule", ["cosine", "constant"])
+def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path, schedule):
+    config = dataclasses.replace(TINY, schedule=schedule)
+    uninterrupted, straight = tiny_run(tmp_path / "straight", config)
+    with pytest.raises(Interrupted):
+        tiny_run(tmp_path / "split", config, stop_after=1)  # killed after epoch 1 was saved
+    resumed, continued = tiny_run(tmp_path / "split", config, resume=True)
+    assert continued["history"] == straight["history"]  # the learning rates included
     for a, b in zip(uninterrupted.parameters(), resumed.parameters(), strict=True):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=0, atol=1e-6)
 
@@ -189,14 +289,126 @@ def test_resume_refuses_other_settings_and_a_missing_checkpoint(tmp_path):
     tiny_run(tmp_path, dataclasses.replace(TINY, epochs=1))
     with pytest.raises(ValueError, match="lr: 0.01 -> 0.02"):
         tiny_run(tmp_path, dataclasses.replace(TINY, lr=0.02), resume=True)
+    with pytest.raises(ValueError, match=r"epochs: 1 -> 2\) \(a cosine schedule is planned for its epochs"):
+        tiny_run(tmp_path, TINY, resume=True)  # the cosine run was planned for 1 epoch
+    constant = dataclasses.replace(TINY, schedule="constant", epochs=1)
+    tiny_run(tmp_path / "constant", constant)
+    tiny_run(tmp_path / "constant", dataclasses.replace(constant, epochs=2), resume=True)  # more epochs: fine
+
+
+def test_a_float64_model_trains_on_the_float32_loaders_and_predicts_the_same_as_float32():
+    config = dataclasses.replace(TINY, dtype="float64", schedule="constant")
+    model64, model32 = build_model(config), build_model(dataclasses.replace(config, dtype="float32"))
+    assert {str(p.dtype) for p in model64.parameters()} == {"paddle.float64"}
+    loader = make_loader(SquaresDataset(8), 4)
+    logits64, labels = predict_logits(model64, loader)
+    logits32, _ = predict_logits(model32, loader)
+    assert np.abs(logits64 - logits32).max() < 1e-4 * max(1.0, np.abs(logits64).max())  # the same network
+    row = train_one_epoch(model64, loader, build_optimizer(model64, config), progress=False)
+    assert np.isfinite(row["train_loss"]) and labels.tolist() == [0, 1, 0, 1, 0, 1, 0, 1]
+
+
+def test_operating_point_is_fixed_without_selection_and_chosen_on_it_otherwise():
+    assert operating_point() == {"rule": "fixed in advance", "threshold": 0.5, "temperature": 1.0}
+    rng = np.random.default_rng(0)
+    true_logits = rng.normal(0.0, 2.0, size=400)
+    labels = (rng.random(400) < 1 / (1 + np.exp(-true_logits))).astype(int)
+    logits = 3.0 * true_logits  # an over-confident model: temperature scaling should find about 3
+    chosen = operating_point(logits, labels)
+    cut = evaluation.youden_threshold(labels, logits)
+    assert chosen["threshold"] == pytest.approx(1 / (1 + math.exp(-cut)))
+    assert chosen["temperature"] == pytest.approx(evaluation.fit_temperature(labels, logits))
+    assert 2.0 < chosen["temperature"] < 4.5
+
+
+class LabelledSquares(SquaresDataset):
+    """SquaresDataset with 12 images of each class, enough for the test report's bootstrap."""
+
+    def __init__(self, seed):
+        super().__init__(24, seed=seed)
+
+
+def test_assess_scores_the_test_set_once_at_the_selection_splits_operating_point():
+    model = build_model(dataclasses.replace(TINY, schedule="constant"))
+    selection, test = make_loader(LabelledSquares(1), 8), make_loader(LabelledSquares(2), 8)
+    reads = []
+    original_iter = type(test).__iter__
+
+    def counting_iter(loader):
+        reads.append(loader)
+        return original_iter(loader)
+
+    type(test).__iter__ = counting_iter
+    try:
+        assessed = assess(model, test, selection)
+    finally:
+        type(test).__iter__ = original_iter
+    assert sum(loader is test for loader in reads) == 1
+    logits, labels = predict_logits(model, test)
+    np.testing.assert_array_equal(assessed["logits"], logits)
+    point = assessed["operating_point"]
+    report, calibrated = assessed["test"], assessed["test_calibrated"]
+    assert report["threshold"] == point["threshold"]
+    assert (
+        report["confusion_matrix"]
+        == evaluation.test_report(labels, 1 / (1 + np.exp(-logits)), point["threshold"], n_resamples=50)[
+            "confusion_matrix"
+        ]
+    )
+    if point["temperature"] != 1.0:  # calibration changes the probabilities, not one decision
+        assert calibrated["confusion_matrix"] == report["confusion_matrix"]
+        assert calibrated["auc"] == pytest.approx(report["auc"])
 
 
 @pytest.fixture(scope="module")
 def tiny_fundus(tmp_path_factory):
-    """A tiny synthetic set in the official layout (12 training, 8 validation images, 64 px)."""
+    """A tiny synthetic set in the official layout: 24 training images (H 2, N 10, P 12) and 24 test
+    images (13 positive, 11 negative: enough for the bootstrap's 10 of each class), 64 px."""
     root = tmp_path_factory.mktemp("fundus")
-    make_dataset(root / "data", n_train=12, n_valid=8, image_size=64, seed=0)
+    make_dataset(root / "data", n_train=24, n_valid=24, image_size=64, seed=0)
     return root
+
+
+def test_selection_split_is_stratified_unaugmented_and_disjoint(tiny_fundus):
+    config = dataclasses.replace(TINY, selection_fraction=0.25, augment=True)
+    train_set, selection_set = make_datasets(tiny_fundus / "data", config, tiny_fundus / "cache")
+    assert isinstance(train_set, SplitDataset) and isinstance(selection_set, SplitDataset)
+    assert not set(train_set.names) & set(selection_set.names)
+    assert sorted(train_set.names + selection_set.names) == sorted(
+        PalmDataset(tiny_fundus / "data", "train", 32, cache=False).names
+    )
+    kinds = [name[0] for name in selection_set.names]
+    assert (kinds.count("H"), kinds.count("N"), kinds.count("P")) == (0, 2, 3)  # round(0.25 x 2, 10, 12)
+    assert selection_set.class_counts() == {0: 2, 1: 3}
+    image, label = selection_set[0]
+    plain = PalmDataset(tiny_fundus / "data", "train", 32, cache_dir=tiny_fundus / "cache")
+    index = plain.names.index(selection_set.names[0])
+    np.testing.assert_array_equal(image, plain[index][0])  # never augmented
+    assert label == plain.labels[index]
+    train_set.set_epoch(1)
+    assert not np.array_equal(train_set[0][0], plain[plain.names.index(train_set.names[0])][0])  # augmented
+    assert make_datasets(tiny_fundus / "data", TINY, tiny_fundus / "cache")[1] is None
+
+
+def test_the_test_set_is_built_only_after_the_last_training_step(tiny_fundus, monkeypatch):
+    events = []
+    real_epoch, real_test_set = train_module.train_one_epoch, train_module.make_test_set
+    monkeypatch.setattr(
+        train_module,
+        "train_one_epoch",
+        lambda *args, **kwargs: events.append("train") or real_epoch(*args, **kwargs),
+    )
+    monkeypatch.setattr(
+        train_module,
+        "make_test_set",
+        lambda *args, **kwargs: events.append("test") or real_test_set(*args, **kwargs),
+    )
+    config = dataclasses.replace(TINY, epochs=2, selection_fraction=0.25)
+    metrics = train_module.run(
+        config, tiny_fundus / "data", cache_dir=tiny_fundus / "cache", progress=False, log=None
+    )
+    assert events == ["train", "train", "test"]
+    assert metrics["test"]["n"] == 24 and len(metrics["selection"]["history"]) == 2
 
 
 def run_cli(*args, launcher=(), timeout=240):
@@ -217,26 +429,91 @@ def test_predict_uses_the_data_set_preprocessing(tiny_fundus):
         predict(model, tiny_fundus / "missing.jpg", image_size=32)
 
 
-def test_command_line_end_to_end_and_resume(tiny_fundus):
+def test_command_line_end_to_end_with_a_selection_split(tiny_fundus):
     out = tiny_fundus / "run"
-    common = ["--data", str(tiny_fundus / "data"), "--arch", "18", "--batch-size", "4", "--image-size", "32",
-              "--lr", "0.01", "--seed", "1", "--out", str(out), "--cache-dir", str(tiny_fundus / "cache")]
-    stdout = run_cli("-m", "utils.train", *common, "--epochs", "1")
-    assert "epoch 1: train loss" in stdout and "best epoch 1" in stdout
+    stdout = run_cli(
+        "-m",
+        "utils.train",
+        "--data",
+        str(tiny_fundus / "data"),
+        "--arch",
+        "18",
+        "--batch-size",
+        "4",
+        "--image-size",
+        "32",
+        "--epochs",
+        "2",
+        "--seed",
+        "1",
+        "--selection-fraction",
+        "0.25",
+        "--prevalence",
+        "0.1",
+        "--out",
+        str(out),
+        "--cache-dir",
+        str(tiny_fundus / "cache"),
+    )
     assert "Data: SYNTHETIC fundus images in .../data" in stdout
-    assert {p.name for p in out.iterdir()} == {METRICS_FILE, LAST_CHECKPOINT, BEST_CHECKPOINT, CURVES_FILE}
-    stdout = run_cli("-m", "utils.train", *common, "--epochs", "2", "--resume")
-    assert "epoch 1:" not in stdout and "epoch 2: train loss" in stdout
+    assert "epoch 2: lr" in stdout and "selection loss" in stdout
+    assert (
+        "test set, scored once after training" in stdout and "(Youden's J on the selection split)" in stdout
+    )
+    assert "AUC " in stdout and "(95% bootstrap interval)" in stdout and "at prevalence 0.100" in stdout
+    assert {p.name for p in out.iterdir()} == {METRICS_FILE, LAST_CHECKPOINT, PREDICTIONS_FILE, CURVES_FILE}
     metrics = json.loads((out / METRICS_FILE).read_text())
-    assert metrics["config"]["arch"] == 18 and metrics["config"]["epochs"] == 2 and metrics["processes"] == 1
-    assert metrics["data"] == {"source": "synthetic", "root": ".../data", "train_images": 12,
-                               "valid_images": 8}
-    assert [row["epoch"] for row in metrics["history"]] == [1, 2]
-    assert metrics["final"] == metrics["history"][-1]
-    assert sum(sum(row) for row in metrics["final"]["valid_confusion_matrix"]) == 8
+    assert metrics["data"] == {
+        "source": "synthetic",
+        "root": ".../data",
+        "train_images": 19,
+        "selection_images": 5,
+        "test_images": 24,
+    }
+    assert [row["epoch"] for row in metrics["selection"]["history"]] == [1, 2]
+    assert metrics["test"]["n"] == 24 and sum(map(sum, metrics["test"]["confusion_matrix"])) == 24
+    assert metrics["test"]["prevalence"] == 0.1 and len(metrics["test"]["auc_interval"]) == 2
+    rows = (out / PREDICTIONS_FILE).read_text().splitlines()
+    assert rows[0] == "image,label,logit,probability" and len(rows) == 25 and rows[1].startswith("V0001.jpg,")
     assert (out / CURVES_FILE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    model, config = load_model(out / BEST_CHECKPOINT)
-    assert config.image_size == 32 and config.lr == 0.01 and not model.training
+    model, config = load_model(out / LAST_CHECKPOINT)
+    assert config.image_size == 32 and config.selection_fraction == 0.25 and not model.training
+
+
+def test_command_line_resume_and_seeds(tiny_fundus):
+    out = tiny_fundus / "resumed"
+    common = [
+        "--data",
+        str(tiny_fundus / "data"),
+        "--arch",
+        "18",
+        "--batch-size",
+        "6",
+        "--image-size",
+        "32",
+        "--schedule",
+        "constant",
+        "--lr",
+        "0.01",
+        "--no-augment",
+        "--cache-dir",
+        str(tiny_fundus / "cache"),
+    ]
+    run_cli("-m", "utils.train", *common, "--epochs", "1", "--out", str(out))
+    stdout = run_cli("-m", "utils.train", *common, "--epochs", "2", "--resume", "--out", str(out))
+    assert "epoch 1:" not in stdout and "epoch 2: lr" in stdout and "(fixed in advance)" in stdout
+    metrics = json.loads((out / METRICS_FILE).read_text())
+    assert [row["epoch"] for row in metrics["selection"]["history"]] == [1, 2]
+    assert metrics["selection"]["operating_point"]["threshold"] == 0.5 and metrics["test_calibrated"] is None
+    out = tiny_fundus / "seeds"
+    stdout = run_cli("-m", "utils.train", *common, "--epochs", "1", "--seeds", "0", "1", "--out", str(out))
+    summary = json.loads((out / METRICS_FILE).read_text())
+    per_seed = [json.loads((out / f"seed-{s}" / METRICS_FILE).read_text())["test"]["auc"] for s in (0, 1)]
+    assert summary["seeds"] == [0, 1] and summary["summary"]["auc"]["mean"] == pytest.approx(
+        np.mean(per_seed)
+    )
+    assert summary["summary"]["auc"]["std"] == pytest.approx(np.std(per_seed, ddof=1))
+    assert "test metrics over 2 seeds [0, 1]" in stdout
 
 
 def test_command_line_rejects_bad_flags(tmp_path, capsys):
@@ -250,13 +527,24 @@ def test_command_line_rejects_bad_flags(tmp_path, capsys):
         (["--weight-decay", "-0.1"], "--weight-decay must be >= 0, got -0.1"),
         (["--num-workers", "-2"], "--num-workers must be >= 0, got -2"),
         (["--resume", "--out", str(tmp_path)], f"no {LAST_CHECKPOINT} in {tmp_path}"),
+        (["--prevalence", "1.5"], "--prevalence must be between 0 and 1 (exclusive), got 1.5"),
+        (["--selection-fraction", "0.6"], "--selection-fraction must be between 0 and 0.5, got 0.6"),
+        (["--schedule", "step"], "invalid choice: 'step'"),
+        (["--resume", "--seeds", "0", "1"], "--resume continues one run"),
+        (["--recipe", "fast"], "invalid choice: 'fast'"),
     ]:
         with pytest.raises(SystemExit):
             parse_args(flags)
         assert message in capsys.readouterr().err
     args = parse_args([])
-    assert (args.arch, args.epochs, args.batch_size, args.image_size, args.lr) == (50, 5, 10, 224, 0.001)
+    assert (args.arch, args.epochs, args.batch_size, args.image_size, args.lr) == (50, 15, 10, 112, 0.01)
     assert (args.momentum, args.weight_decay, args.data, args.resume) == (0.9, 0.001, None, False)
+    assert (args.schedule, args.augment, args.selection_fraction, args.dtype) == (
+        "cosine",
+        True,
+        0.0,
+        "float32",
+    )
 
 
 def test_command_line_reports_a_missing_data_folder_without_a_traceback(tmp_path):
@@ -281,24 +569,117 @@ class NanDataset(SquaresDataset):
 def test_train_stops_on_a_non_finite_loss_before_writing_a_checkpoint(tmp_path):
     paddle.seed(0)
     model = paddle.nn.Sequential(paddle.nn.Flatten(), paddle.nn.Linear(3 * 32 * 32, 1))
-    config = dataclasses.replace(TINY, epochs=1)
+    config = dataclasses.replace(TINY, epochs=1, schedule="constant")
     loader = make_loader(NanDataset(4), batch_size=4)
     message = "diverged in epoch 1: the mean training loss is nan.*lr=0.01"
     with pytest.raises(FloatingPointError, match=message):
-        train(model, build_optimizer(model, config), loader, loader, config, tmp_path, progress=False)
-    assert not (tmp_path / LAST_CHECKPOINT).exists() and not (tmp_path / BEST_CHECKPOINT).exists()
+        train(model, build_optimizer(model, config), loader, config, out_dir=tmp_path, progress=False)
+    assert not (tmp_path / LAST_CHECKPOINT).exists()
+
+
+def single_process_reference(
+    root, cache_dir, config, world=2, average_gradients=True, average_statistics=True
+):
+    """What data-parallel training on ``world`` processes must compute, in one process and without
+    ``paddle.DataParallel``: each epoch's seeded order dealt out (process r takes every world-th index
+    from r); each process runs its batch with its own BatchNorm statistics; the gradients of the
+    processes are averaged before each step; after the epoch the running statistics are averaged.
+    Returns the model's state after ``config.epochs`` epochs, and the state it started from."""
+    dataset = PalmDataset(root, "train", config.image_size, cache_dir=cache_dir)
+    model = build_model(config)
+    start = {name: value.numpy().copy() for name, value in model.state_dict().items()}
+    optimizer = build_optimizer(model, config)  # a constant learning rate: config.schedule is "constant"
+    norms = [layer for layer in model.sublayers() if isinstance(layer, paddle.nn.BatchNorm2D)]
+    model.train()
+    for epoch in range(config.epochs):
+        order = np.random.default_rng([config.seed, epoch]).permutation(len(dataset))
+        assert len(order) % world == 0, "no padding in this reference"
+        shards = [order[rank::world] for rank in range(world)]
+        statistics = [[(norm._mean.numpy(), norm._variance.numpy()) for norm in norms] for _ in range(world)]
+        for start_index in range(0, len(shards[0]), config.batch_size):
+            for rank in range(world):
+                for norm, (mean, variance) in zip(norms, statistics[rank], strict=True):
+                    norm._mean.set_value(mean)
+                    norm._variance.set_value(variance)
+                batch = [dataset[int(i)] for i in shards[rank][start_index : start_index + config.batch_size]]
+                images = paddle.to_tensor(np.stack([image for image, _ in batch]))
+                labels = paddle.to_tensor(np.array([label for _, label in batch]))
+                loss = binary_loss(model(images), labels)
+                (loss / world if average_gradients else loss).backward()  # gradients accumulate
+                statistics[rank] = [(norm._mean.numpy(), norm._variance.numpy()) for norm in norms]
+            optimizer.step()
+            optimizer.clear_grad()
+        ranks = range(world) if average_statistics else [0]
+        for i, norm in enumerate(norms):
+            norm._mean.set_value(np.mean([statistics[rank][i][0] for rank in ranks], axis=0))
+            norm._variance.set_value(np.mean([statistics[rank][i][1] for rank in ranks], axis=0))
+    return {name: value.numpy() for name, value in model.state_dict().items()}, start
+
+
+def largest_difference(state, other, names):
+    return max(float(np.abs(state[name] - other[name]).max()) for name in names)
 
 
 def test_integration_two_cpu_processes_data_parallel(tiny_fundus):
     """Slower integration test (two Paddle processes start): data-parallel training through
-    ``python -m paddle.distributed.launch`` on the CPU, each process on its half of the batches."""
+    ``python -m paddle.distributed.launch`` on the CPU equals the single-process reference above.
+
+    24 images, 3 per step and process: 4 steps of 2 x 3 images, then the running statistics are
+    averaged. Tolerance: both sides run the same float32 kernels on the same batches, but the two
+    launched processes use one math thread each and this one all cores, so sums may round in another
+    order; the weights' change from their start must agree within 1e-4 of the largest change, the
+    running statistics within 1e-5 absolute (on 2 cores both agreed bit for bit). Each mistake the
+    reference leaves out (summing instead of averaging the gradients; keeping process 0's running
+    statistics) moves them by over 100x that.
+    """
     out = tiny_fundus / "distributed"
+    config = TrainConfig(
+        arch=18, epochs=1, batch_size=3, image_size=32, lr=0.05, seed=0, schedule="constant", augment=False
+    )
     stdout = run_cli(
-        "utils/train.py", "--data", str(tiny_fundus / "data"), "--arch", "18", "--epochs", "1",
-        "--batch-size", "3", "--image-size", "32", "--out", str(out),
-        "--cache-dir", str(tiny_fundus / "cache"),
+        "utils/train.py",
+        "--data",
+        str(tiny_fundus / "data"),
+        "--arch",
+        "18",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "3",
+        "--image-size",
+        "32",
+        "--lr",
+        "0.05",
+        "--schedule",
+        "constant",
+        "--no-augment",
+        "--out",
+        str(out),
+        "--cache-dir",
+        str(tiny_fundus / "cache"),
         launcher=("-m", "paddle.distributed.launch", "--nproc_per_node", "2", "--log_dir", str(out / "logs")),
     )
     assert "2 process(es)" in (out / "logs" / "workerlog.0").read_text() + stdout
     metrics = json.loads((out / METRICS_FILE).read_text())
-    assert metrics["processes"] == 2 and metrics["history"][0]["valid_n"] == 8
+    assert metrics["processes"] == 2 and metrics["test"]["n"] == 24
+    assert metrics["config"] == dataclasses.asdict(config)
+    saved = load_checkpoint(out / LAST_CHECKPOINT)["model"]
+    launched = {name: np.asarray(value) for name, value in saved.items()}
+
+    reference, start = single_process_reference(tiny_fundus / "data", tiny_fundus / "cache", config)
+    weights = [name for name in reference if not name.endswith(("_mean", "_variance"))]
+    running = [name for name in reference if name.endswith(("_mean", "_variance"))]
+    change = largest_difference(reference, start, weights)
+    weight_tolerance, running_tolerance = 1e-4 * change, 1e-5
+    assert change > 1e-3, "the step must move the weights for the comparison to mean anything"
+    assert largest_difference(launched, reference, weights) <= weight_tolerance
+    assert largest_difference(launched, reference, running) <= running_tolerance
+
+    summed, _ = single_process_reference(
+        tiny_fundus / "data", tiny_fundus / "cache", config, average_gradients=False
+    )
+    assert largest_difference(summed, reference, weights) > 100 * weight_tolerance
+    first_process_only, _ = single_process_reference(
+        tiny_fundus / "data", tiny_fundus / "cache", config, average_statistics=False
+    )
+    assert largest_difference(first_process_only, reference, running) > 100 * running_tolerance

@@ -331,11 +331,12 @@ def measure(spec):
 
 
 def _measure_original(paddle, model, phase, paths, labels, size, run):
-    from utils.train import TrainConfig, binary_loss, build_optimizer
+    from utils.config import recipe
+    from utils.train import binary_loss, build_optimizer
 
     label_tensor = paddle.to_tensor(labels)
     if phase == "train":
-        optimizer = build_optimizer(model, TrainConfig())  # Momentum 0.001 / 0.9, L2 0.001, like the course
+        optimizer = build_optimizer(model, recipe("course"))  # Momentum 0.001 / 0.9, L2 0.001
         model.train()
 
         def step():
@@ -360,8 +361,9 @@ def _measure_original(paddle, model, phase, paths, labels, size, run):
 def _measure_course(paddle, model, phase, root, split, batch, size, run):
     import numpy as np
 
+    from utils.config import recipe
     from utils.palm import PalmDataset
-    from utils.train import TrainConfig, build_optimizer, make_loader, predict_loader, train_one_epoch
+    from utils.train import build_optimizer, make_loader, predict_loader, train_one_epoch
 
     start = time.perf_counter()
     dataset = PalmDataset(root, split, image_size=size)
@@ -369,7 +371,7 @@ def _measure_course(paddle, model, phase, root, split, batch, size, run):
     subset = paddle.io.Subset(dataset, list(range(batch)))  # one batch: one step per "epoch"
     if phase == "train":
         loader = make_loader(subset, batch, shuffle=True, seed=0)
-        optimizer = build_optimizer(model, TrainConfig())
+        optimizer = build_optimizer(model, recipe("course"))  # the same step as the original's
         step = lambda: train_one_epoch(model, loader, optimizer, progress=False)  # noqa: E731
         return {"step": timed(step, **run)}, extra
     loader = make_loader(subset, batch)

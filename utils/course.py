@@ -8,8 +8,11 @@ sets environment variables first, and only then is ``paddle`` imported.
 import contextlib
 import io
 import os
+import pathlib
 import platform
 import random
+import secrets
+import shutil
 import subprocess
 import sys
 import warnings
@@ -40,22 +43,26 @@ def cpu_count():
         return os.cpu_count() or 1
 
 
-def _cpu_flags_and_vendor(cpuinfo_path="/proc/cpuinfo"):
-    """Return (vendor, set of flags) read from /proc/cpuinfo, or ("", set()) where it does not exist."""
+def cpu_info(cpuinfo_path="/proc/cpuinfo"):
+    """``{"vendor", "model", "flags"}`` of the first processor in ``/proc/cpuinfo`` (Linux).
+
+    ``vendor`` is e.g. "AuthenticAMD" or "GenuineIntel", ``model`` the model name, ``flags`` the set of
+    instruction-set flags ("avx2", "avx512f", ...). Where the file does not exist (macOS, Windows) the
+    strings are empty and the set is empty.
+    """
+    info = {"vendor": "", "model": "", "flags": set()}
     try:
         with open(cpuinfo_path) as f:
             text = f.read()
     except OSError:
-        return "", set()
-    vendor, flags = "", set()
+        return info
+    keys = {"vendor_id": "vendor", "model name": "model", "flags": "flags"}
     for line in text.splitlines():
         key, _, value = line.partition(":")
-        key = key.strip()
-        if key == "vendor_id" and not vendor:
-            vendor = value.strip()
-        elif key == "flags" and not flags:
-            flags = set(value.split())
-    return vendor, flags
+        name = keys.get(key.strip())
+        if name is not None and not info[name]:  # the first processor's entry
+            info[name] = set(value.split()) if name == "flags" else value.strip()
+    return info
 
 
 #: CPU flags MKL's AVX-512 (Skylake-server) kernels need.
@@ -74,12 +81,12 @@ def mkl_cpu_type(cpuinfo_path="/proc/cpuinfo"):
     instructions, and pointless on Intel CPUs, where MKL already picks the fast path. Never "6":
     those are Xeon Phi kernels and die with an illegal instruction elsewhere.
     """
-    vendor, flags = _cpu_flags_and_vendor(cpuinfo_path)
-    if vendor != "AuthenticAMD":
+    info = cpu_info(cpuinfo_path)
+    if info["vendor"] != "AuthenticAMD":
         return None
-    if _AVX512_FLAGS <= flags:
+    if _AVX512_FLAGS <= info["flags"]:
         return "7"
-    return "5" if "avx2" in flags else None
+    return "5" if "avx2" in info["flags"] else None
 
 
 def configure_environment(threads=None, cpuinfo_path="/proc/cpuinfo"):
@@ -175,6 +182,49 @@ def eval_mode(model):
     finally:
         if was_training:
             model.train()
+
+
+@contextlib.contextmanager
+def atomic_write(path):
+    """Write ``path`` completely or not at all: the ``with`` block writes a temporary path beside it
+    (a file, or a folder), which then replaces ``path`` in one rename.
+
+    An interrupted run (an error, Ctrl-C, a full disk) leaves ``path`` as it was and removes the
+    temporary one; parallel writers each use their own temporary name, and readers never see a half-
+    written file. The temporary name keeps ``path``'s suffix, so ``np.save`` adds no second ``.npy``::
+
+        with atomic_write("runs/last.pdparams") as partial:
+            paddle.save(state, str(partial))
+
+    A folder replaces an existing folder too (the old one is moved aside, then deleted); if another
+    process put its folder in place first, that one is kept.
+    """
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.stem}.{os.getpid()}-{secrets.token_hex(4)}.partial{path.suffix}")
+    try:
+        yield partial
+        if partial.is_dir():
+            _replace_folder(partial, path)
+        else:
+            os.replace(partial, path)
+    finally:
+        if partial.is_dir():
+            shutil.rmtree(partial, ignore_errors=True)
+        else:
+            partial.unlink(missing_ok=True)
+
+
+def _replace_folder(new, path):
+    """Rename the folder ``new`` to ``path``, replacing a folder there (a rename cannot do that)."""
+    stale = new.with_name(new.name + ".old")
+    if path.exists():
+        os.replace(path, stale)
+    try:
+        os.replace(new, path)
+    except OSError:  # another process renamed its folder into place first: keep that one
+        pass
+    shutil.rmtree(stale, ignore_errors=True)
 
 
 def set_math_threads(threads):

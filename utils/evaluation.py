@@ -266,29 +266,35 @@ def logit(probabilities, clip=1e-12):
 # Splits, errors, explanations, seeds
 
 
-def stratified_split(groups, fraction, seed=0):
+def stratified_split(groups, fraction, seed=0, labels=None):
     """Split indices so that every group (e.g. the H, N, P kinds) keeps its share in both parts.
 
     ``groups``: one group name per image. ``fraction``: the share of each group that goes to the
-    second part (the selection split). Returns ``(first indices, second indices)``, each sorted.
-    A group too small to give both parts an image raises ValueError naming it.
+    second part (the selection split), rounded per group; a group always keeps at least one image
+    in the first part. Returns ``(first indices, second indices)``, each sorted. With ``labels``
+    (0/1 per image), a split that leaves a class out of either part raises ValueError naming it.
     """
     groups = np.asarray(groups)
     fraction = _open_unit(fraction, "the selection fraction")
     rng = np.random.default_rng(seed)
     first, second = [], []
     for name in sorted(set(groups.tolist())):
-        members = np.flatnonzero(groups == name)
-        take = int(round(len(members) * fraction))
-        if take == 0 or take == len(members):
-            raise ValueError(
-                f"group {name!r} has {len(members)} image(s): a selection fraction of {fraction} leaves one "
-                "part without it; use another fraction or more images"
-            )
-        chosen = rng.permutation(members)
-        second.extend(chosen[:take].tolist())
-        first.extend(chosen[take:].tolist())
-    return np.sort(first), np.sort(second)
+        members = rng.permutation(np.flatnonzero(groups == name))
+        take = min(int(round(len(members) * fraction)), len(members) - 1)
+        second.extend(members[:take].tolist())
+        first.extend(members[take:].tolist())
+    first, second = np.sort(first), np.sort(second)
+    if labels is not None:
+        labels = _binary(labels)
+        for part, indices in (("training", first), ("selection", second)):
+            counts = np.bincount(labels[indices], minlength=2)
+            if counts.min() == 0:
+                raise ValueError(
+                    f"a selection fraction of {fraction} leaves the {part} part without any image of class "
+                    f"{int(counts.argmin())} ({len(labels)} images, {int(labels.sum())} of class 1): "
+                    "use more images or another fraction"
+                )
+    return first, second
 
 
 def worst_errors(labels, probabilities, threshold, count=4):

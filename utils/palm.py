@@ -42,7 +42,7 @@ import cv2
 import numpy as np
 
 from utils import synthetic_fundus
-from utils.course import configure_environment, import_paddle_quietly, run_command
+from utils.course import atomic_write, configure_environment, cpu_count, import_paddle_quietly, run_command
 
 if __name__ == "__main__":  # a command-line run: Paddle reads its settings when it is imported
     configure_environment()
@@ -69,6 +69,8 @@ SYSTEM_FILES = {".ds_store", "thumbs.db", "desktop.ini"}
 TRAIN_NAME = re.compile(r"^([HNP])\d+\.[A-Za-z]+$", re.IGNORECASE)
 LABEL_OF_LETTER = {"H": 0, "N": 0, "P": 1}
 CACHE_VERSION = 1  # bump when the resizing changes, so old caches are rebuilt
+#: The smallest image side the course serves: its ResNet downsamples by 32.
+MIN_IMAGE_SIZE = 32
 
 HOW_TO_GET = (
     "Get the iChallenge-PM archives (training.zip, validation.zip, valid_gt.zip: AI Studio data set "
@@ -353,7 +355,7 @@ def load_resized(paths, image_size, workers=None, progress=False):
         return resize_image(read_image(path), image_size)
 
     out = np.empty((len(paths), image_size, image_size, 3), np.uint8)
-    with ThreadPoolExecutor(workers or _cpu_count()) as pool:
+    with ThreadPoolExecutor(workers or cpu_count()) as pool:
         results = pool.map(load, paths)
         if progress:
             from tqdm.auto import tqdm
@@ -379,19 +381,12 @@ def cached_images(paths, split, image_size, cache_dir, progress=False):
     except (OSError, ValueError, KeyError):
         pass  # no cache yet, or a broken one: rebuild
     images = load_resized(paths, image_size, progress=progress)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f"{target.stem}.{os.getpid()}.tmp.npy")
-    np.save(partial, images)
-    os.replace(partial, target)
+    with atomic_write(target) as partial:
+        np.save(partial, images)
     meta = {"fingerprint": fingerprint, "folder": str(paths[0].parent) if paths else "", "count": len(paths)}
-    partial_meta = meta_path.with_name(f"{meta_path.stem}.{os.getpid()}.tmp.json")
-    partial_meta.write_text(json.dumps(meta))
-    os.replace(partial_meta, meta_path)
+    with atomic_write(meta_path) as partial:
+        partial.write_text(json.dumps(meta))
     return np.load(target, mmap_mode="r"), True
-
-
-def _cpu_count():
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -415,8 +410,8 @@ class PalmDataset(paddle.io.Dataset):
     def __init__(self, root, split="train", image_size=224, augment=False, cache=True, cache_dir=None,
                  seed=0, progress=False):
         super().__init__()
-        if not isinstance(image_size, int | np.integer) or image_size < 8:
-            raise ValueError(f"image_size must be an int >= 8, not {image_size!r}")
+        if not isinstance(image_size, int | np.integer) or image_size < MIN_IMAGE_SIZE:
+            raise ValueError(f"image_size must be an int >= {MIN_IMAGE_SIZE}, not {image_size!r}")
         self.root, self.split, self.image_size = pathlib.Path(root), split, int(image_size)
         self.paths, self.labels = list_split(root, split)
         self.augment, self.seed, self.epoch = augment, seed, 0
@@ -432,6 +427,11 @@ class PalmDataset(paddle.io.Dataset):
     def set_epoch(self, epoch):
         """Choose the epoch whose augmentation draws ``__getitem__`` makes (a fresh draw each epoch)."""
         self.epoch = int(epoch)
+
+    @property
+    def item_nbytes(self):
+        """Bytes of one served image (float32 ``[3, S, S]``), known without decoding one."""
+        return 3 * self.image_size * self.image_size * np.dtype(np.float32).itemsize
 
     def resized(self, index):
         """The resized uint8 RGB image ``(S, S, 3)`` before augmentation and scaling."""
@@ -458,27 +458,45 @@ class PalmDataset(paddle.io.Dataset):
 
 class SeededBatchSampler:
     """Batches of indices; with ``shuffle`` a fresh order per epoch drawn from ``(seed, epoch)`` only,
-    so an epoch's batches do not depend on any global random state or on the number of workers."""
+    so an epoch's batches do not depend on any global random state or on the number of workers.
 
-    def __init__(self, n, batch_size, shuffle=False, seed=0, drop_last=False):
+    With ``num_replicas`` > 1 (data-parallel training, one process per device) the epoch's order is
+    padded by repeating its first indices to a multiple of ``num_replicas``, and process ``rank``
+    takes every ``num_replicas``-th index starting at ``rank``: the processes together see the order
+    of a single process, dealt out. (Paddle's ``DistributedBatchSampler`` shuffles with
+    ``RandomState(epoch)``, the same order for every seed.)
+    """
+
+    def __init__(self, n, batch_size, shuffle=False, seed=0, drop_last=False, num_replicas=1, rank=0):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, not {batch_size}")
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank must be in [0, num_replicas={num_replicas}), not {rank}")
         self.n, self.batch_size, self.shuffle, self.drop_last = n, batch_size, shuffle, drop_last
-        self.seed = seed
+        self.seed, self.num_replicas, self.rank = seed, num_replicas, rank
         self.epoch = 0
 
     def set_epoch(self, epoch):
         self.epoch = int(epoch)
 
-    def __iter__(self):
+    def shard(self):
+        """This process's indices of the current epoch, in order."""
         order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n) if self.shuffle \
             else np.arange(self.n)
-        stop = self.n - self.n % self.batch_size if self.drop_last else self.n
+        if self.num_replicas == 1:
+            return order
+        total = -(-self.n // self.num_replicas) * self.num_replicas
+        return np.resize(order, total)[self.rank :: self.num_replicas]  # resize repeats the first ones
+
+    def __iter__(self):
+        shard = self.shard()
+        stop = len(shard) - len(shard) % self.batch_size if self.drop_last else len(shard)
         for start in range(0, stop, self.batch_size):
-            yield order[start : start + self.batch_size].tolist()
+            yield shard[start : start + self.batch_size].tolist()
 
     def __len__(self):
-        return self.n // self.batch_size if self.drop_last else -(-self.n // self.batch_size)
+        size = -(-self.n // self.num_replicas)
+        return size // self.batch_size if self.drop_last else -(-size // self.batch_size)
 
 
 def shared_memory_ok(batch_bytes, num_workers, shm="/dev/shm"):
@@ -494,9 +512,24 @@ def shared_memory_ok(batch_bytes, num_workers, shm="/dev/shm"):
     return shutil.disk_usage(shm).free >= needed
 
 
+def batch_nbytes(dataset, batch_size):
+    """Bytes of a batch of ``dataset``'s images: from its ``item_nbytes`` (a :class:`PalmDataset`, also
+    inside a ``paddle.io.Subset``) without decoding anything; for another data set, from its first item."""
+    base = dataset.dataset if isinstance(dataset, paddle.io.Subset) else dataset
+    item = getattr(base, "item_nbytes", None)
+    if item is None:
+        item = np.asarray(dataset[0][0]).nbytes
+    return item * batch_size
+
+
 class PalmLoader:
-    """A ``paddle.io.DataLoader`` that starts a new epoch each time it is iterated: it advances the
-    sampler's and the dataset's epoch (a new seeded order and new augmentations), then iterates."""
+    """A ``paddle.io.DataLoader`` whose epoch is set explicitly: each iteration is epoch
+    :attr:`epoch` (then the next one), with that epoch's seeded order and augmentations.
+
+    Setting the epoch (:meth:`set_epoch`), instead of counting iterations, is what lets a resumed run
+    draw the same batches as an uninterrupted one. A data set that augments receives the epoch
+    through its own ``set_epoch`` before the worker processes start (they get a copy of it).
+    """
 
     def __init__(self, loader, sampler, dataset):
         self.loader, self.sampler, self.dataset, self.epoch = loader, sampler, dataset, 0
@@ -507,8 +540,9 @@ class PalmLoader:
 
     def __iter__(self):
         self.sampler.set_epoch(self.epoch)
-        if hasattr(self.dataset, "set_epoch"):
-            self.dataset.set_epoch(self.epoch)  # before the workers start: they receive a copy
+        set_dataset_epoch = getattr(self.dataset, "set_epoch", None)  # only data sets that augment
+        if set_dataset_epoch is not None:
+            set_dataset_epoch(self.epoch)
         self.epoch += 1
         iterator = iter(self.loader)
         try:
@@ -530,19 +564,24 @@ class PalmLoader:
 
 
 def make_loader(dataset, batch_size=10, shuffle=False, seed=0, num_workers=0, drop_last=False,
-                use_shared_memory=None):
-    """A :class:`PalmLoader` over ``dataset`` with seeded shuffling.
+                use_shared_memory=None, distributed=False):
+    """A :class:`PalmLoader` over ``dataset`` with seeded shuffling: the course's only loader.
 
     ``num_workers`` > 0 decodes in worker processes; that works from a notebook because the Dataset
     class lives in ``utils/`` (a class defined in a notebook cannot be found by a spawned worker).
-    ``use_shared_memory=None`` decides with :func:`shared_memory_ok`.
+    ``use_shared_memory=None`` decides with :func:`shared_memory_ok`. ``distributed=True`` (inside
+    ``paddle.distributed.launch``) gives this process its share of every epoch's batches (see
+    :class:`SeededBatchSampler`); evaluation loaders are not distributed.
     """
     if num_workers < 0:
         raise ValueError(f"num_workers must be >= 0, not {num_workers}")
-    sampler = SeededBatchSampler(len(dataset), batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last)
+    replicas = {"num_replicas": paddle.distributed.get_world_size(), "rank": paddle.distributed.get_rank()} \
+        if distributed else {}
+    sampler = SeededBatchSampler(len(dataset), batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last,
+                                 **replicas)
     if use_shared_memory is None:
-        sample = dataset[0][0]
-        use_shared_memory = shared_memory_ok(sample.nbytes * batch_size, num_workers)
+        batch_bytes = batch_nbytes(dataset, batch_size) if num_workers > 0 else 0  # 0 workers: unused
+        use_shared_memory = shared_memory_ok(batch_bytes, num_workers)
     loader = paddle.io.DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers,
                                   use_shared_memory=bool(use_shared_memory))
     return PalmLoader(loader, sampler, dataset)
@@ -578,8 +617,8 @@ def display_path(path):
 def ensure_synthetic(out_dir, n_train, n_valid, image_size, seed, progress=False):
     """Generate the synthetic set into ``out_dir`` unless it is there already with these options.
 
-    Generated into a temporary sibling folder and renamed into place, so an interrupted or parallel
-    run never leaves a half-written set. Returns ``(out_dir, generated)``.
+    Generated into a temporary sibling folder and renamed into place (:func:`utils.course.atomic_write`),
+    so an interrupted or parallel run never leaves a half-written set. Returns ``(out_dir, generated)``.
     """
     out_dir = pathlib.Path(out_dir)
     options = {"n_train": n_train, "n_valid": n_valid, "image_size": image_size, "seed": seed,
@@ -587,23 +626,13 @@ def ensure_synthetic(out_dir, n_train, n_valid, image_size, seed, progress=False
     manifest = out_dir / "synthetic.json"
     if manifest.is_file() and json.loads(manifest.read_text()) == options:
         return out_dir, False
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    partial = out_dir.with_name(f".{out_dir.name}.{os.getpid()}.tmp")
-    shutil.rmtree(partial, ignore_errors=True)
     if progress:
         # stderr: a notebook's stdout must read the same whether the set was generated now or before
         print(f"Generating the synthetic data set ({n_train} + {n_valid} images, {image_size} px) ...",
               file=sys.stderr, flush=True)
-    synthetic_fundus.make_dataset(partial, n_train, n_valid, image_size, seed)
-    (partial / "synthetic.json").write_text(json.dumps(options))
-    stale = out_dir.with_name(f".{out_dir.name}.{os.getpid()}.old")
-    if out_dir.exists():
-        os.replace(out_dir, stale)
-    try:
-        os.replace(partial, out_dir)
-    except OSError:  # another process finished first: keep its set
-        shutil.rmtree(partial, ignore_errors=True)
-    shutil.rmtree(stale, ignore_errors=True)
+    with atomic_write(out_dir) as partial:  # a folder: another process that finished first keeps its set
+        synthetic_fundus.make_dataset(partial, n_train, n_valid, image_size, seed)
+        (partial / "synthetic.json").write_text(json.dumps(options))
     return out_dir, True
 
 
@@ -771,7 +800,7 @@ def benchmark(n_images=24, full_size=(2124, 2056), image_size=224, batch_size=8,
         start = time.perf_counter()
         cached = PalmDataset(tmp / "data", "train", image_size, cache_dir=tmp / "cache")
         seconds = time.perf_counter() - start
-        setting = f"building the cache ({_cpu_count()} decoding threads), once"
+        setting = f"building the cache ({cpu_count()} decoding threads), once"
         rows.append((setting, seconds, n_images / seconds))
         for num_workers in workers:
             rows.append((f"cached, num_workers={num_workers}", *epoch(cached, num_workers, passes=10)))
