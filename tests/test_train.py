@@ -363,18 +363,20 @@ def test_integration_two_cpu_processes_data_parallel(tiny_fundus):
     ``python -m paddle.distributed.launch`` on the CPU equals the single-process reference above.
 
     12 images, 3 per step and process: 2 steps of 2 x 3 images, then the running statistics are
-    averaged. Tolerance: both sides run the same float32 kernels on the same batches, but the two
-    launched processes use one math thread each and this one all cores, so sums may round in another
-    order; the weights' change from their start must agree within 1e-4 of the largest change, the
-    running statistics within 1e-5 absolute (on 2 cores both agreed bit for bit). Each mistake the
-    reference leaves out (summing instead of averaging the gradients; keeping process 0's running
-    statistics) moves them by over 100x that.
+    averaged. Tolerance: both sides run the same float32 kernels on the same batches and agree bit for
+    bit when they share the math settings (they inherit this process's). Another math path (MKL's AVX2
+    kernels, one thread instead of two) moved the weights by up to 8e-4 of their largest change and
+    the running statistics by 1.4e-6, so the bounds are 2e-3 of the largest change and 1e-5. Each
+    mistake the reference leaves out (summing instead of averaging the gradients; keeping process 0's
+    running statistics) moves them by over 100x that. At 64 px, not 32: at 32 px the last stage's
+    BatchNorm sees 3 values per channel, and its near-zero variances make two steps chaotic (there the
+    other math path moved the weights by 20% of their change).
     """
     out = tiny_fundus / "distributed"
-    config = TrainConfig(arch=18, epochs=1, batch_size=3, image_size=32, lr=0.05, seed=0)
+    config = TrainConfig(arch=18, epochs=1, batch_size=3, image_size=64, lr=0.01, seed=0)
     stdout = run_cli(
         "utils/train.py", "--data", str(tiny_fundus / "data"), "--arch", "18", "--epochs", "1",
-        "--batch-size", "3", "--image-size", "32", "--lr", "0.05", "--out", str(out),
+        "--batch-size", "3", "--image-size", "64", "--lr", "0.01", "--out", str(out),
         "--cache-dir", str(tiny_fundus / "cache"),
         launcher=("-m", "paddle.distributed.launch", "--nproc_per_node", "2", "--log_dir", str(out / "logs")),
     )
@@ -389,8 +391,8 @@ def test_integration_two_cpu_processes_data_parallel(tiny_fundus):
     weights = [name for name in reference if not name.endswith(("_mean", "_variance"))]
     running = [name for name in reference if name.endswith(("_mean", "_variance"))]
     change = largest_difference(reference, start, weights)
-    weight_tolerance, running_tolerance = 1e-4 * change, 1e-5
-    assert change > 1e-3, "the step must move the weights for the comparison to mean anything"
+    weight_tolerance, running_tolerance = 2e-3 * change, 1e-5
+    assert change > 1e-3, "the steps must move the weights for the comparison to mean anything"
     assert largest_difference(launched, reference, weights) <= weight_tolerance
     assert largest_difference(launched, reference, running) <= running_tolerance
 
