@@ -7,7 +7,7 @@ import numpy as np
 import paddle
 import pytest
 
-from utils.resnet import ConvBNLayer, ResNet, load_paddle_vision_state, paddle_vision_name
+from utils.resnet import ConvBNLayer, ResNet, load_paddle_vision_state, load_pretrained, paddle_vision_name
 
 
 def trainable_count(model):
@@ -122,6 +122,22 @@ def test_a_state_that_is_not_the_same_resnet_is_refused_naming_the_first_mismatc
         load_paddle_vision_state(model, missing)
     with pytest.raises(ValueError, match="unexpected parameter 'layer5.0.conv1.weight'"):
         load_paddle_vision_state(model, dict(state, **{"layer5.0.conv1.weight": np.zeros((1,))}))
+
+
+def test_a_weights_file_that_is_missing_unreadable_or_not_a_state_is_named(tmp_path):
+    model = ResNet(layers=18)
+    with pytest.raises(FileNotFoundError, match="no pretrained weights at .*resnet50.pdparams"):
+        load_pretrained(model, tmp_path / "resnet50.pdparams")
+    (tmp_path / "page.pdparams").write_text("<html>the download failed</html>")
+    with pytest.raises(ValueError, match="cannot read .*page.pdparams' as a Paddle state dict"):
+        load_pretrained(model, tmp_path / "page.pdparams")
+    paddle.save([1, 2, 3], str(tmp_path / "list.pdparams"))
+    with pytest.raises(ValueError, match="holds a list, not a state dict"):
+        load_pretrained(model, tmp_path / "list.pdparams")
+    paddle.save(paddle.vision.models.resnet34().state_dict(), str(tmp_path / "resnet34.pdparams"))
+    with pytest.raises(ValueError, match="'.*resnet34.pdparams' is not a paddle.vision ResNet-18 state: "
+                       "unexpected parameter 'layer1.2.conv1.weight'"):
+        load_pretrained(model, tmp_path / "resnet34.pdparams")
 
 
 def test_bad_arguments_name_the_bad_value():

@@ -28,6 +28,7 @@ from utils.train import (
     evaluate,
     load_checkpoint,
     load_model,
+    make_datasets,
     make_loader,
     parse_args,
     predict,
@@ -231,6 +232,71 @@ def run_cli(*args, launcher=(), timeout=240):
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, f"{' '.join(command)} failed:\n{done.stdout}\n{done.stderr}"
     return done.stdout
+
+
+def imagenet_weights(path, layers=18, seed=7):
+    """A stand-in for paddle.vision's ImageNet file (nothing downloads in the tests): a randomly
+    initialised paddle.vision ResNet's state dict, saved the way paddle.vision's file is."""
+    paddle.seed(seed)
+    state = getattr(paddle.vision.models, f"resnet{layers}")().state_dict()  # 1000 classes, like ImageNet's
+    paddle.save(state, str(path))
+    return {name: value.numpy() for name, value in state.items()}
+
+
+def test_pretrained_weights_come_from_the_file_and_the_head_from_the_seed(tmp_path, capsys):
+    saved = imagenet_weights(tmp_path / "resnet18.pdparams")
+    config = dataclasses.replace(TINY, pretrained=str(tmp_path / "resnet18.pdparams"), normalization=None)
+    assert config.normalization == "imagenet" and TINY.normalization == "course"
+    assert dataclasses.replace(config, normalization="course").normalization == "course", "a choice is kept"
+    paddle.seed(1)
+    expected = paddle.rand([2]).numpy()
+    paddle.seed(1)
+    model = build_model(config)
+    assert np.array_equal(paddle.rand([2]).numpy(), expected), "loading left the global random state alone"
+    fresh = build_model(TINY)
+    from utils.resnet import paddle_vision_name
+
+    for name, value in model.state_dict().items():
+        if name.startswith("fc."):  # the head: 1 logit, newly initialised from the seed
+            np.testing.assert_array_equal(value.numpy(), fresh.state_dict()[name].numpy())
+        else:
+            np.testing.assert_array_equal(value.numpy(), saved[paddle_vision_name(name)], err_msg=name)
+    args = parse_args(["--arch", "18", "--pretrained", config.pretrained])
+    assert args.config.normalization == "imagenet" and args.config.pretrained == config.pretrained
+    with pytest.raises(SystemExit):
+        parse_args(["--pretrained", str(tmp_path / "missing.pdparams")])
+    assert "--pretrained: no file" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="not a paddle.vision ResNet-50 state"):
+        build_model(dataclasses.replace(config, arch=50))
+
+
+def test_a_checkpoint_without_a_normalization_is_the_course_one():
+    old = {key: value for key, value in dataclasses.asdict(TINY).items()
+           if key not in ("pretrained", "normalization")}  # a checkpoint written before they existed
+    assert TrainConfig(**old) == TINY and TrainConfig(**old).normalization == "course"
+    with pytest.raises(ValueError, match="normalization must be 'course' or 'imagenet', got 'torch'"):
+        TrainConfig(normalization="torch")
+
+
+def test_imagenet_normalization_holds_from_training_to_prediction(tiny_fundus, tmp_path):
+    """Train from (stand-in) ImageNet weights, reload, predict single files: every step uses the
+    normalization that the checkpoint records."""
+    config = dataclasses.replace(TINY, epochs=1, pretrained=str(tmp_path / "w.pdparams"), normalization=None)
+    imagenet_weights(tmp_path / "w.pdparams")
+    train_set, valid_set = make_datasets(tiny_fundus / "data", config, cache_dir=tiny_fundus / "cache")
+    assert train_set.normalization == valid_set.normalization == "imagenet"
+    model = build_model(config)
+    loaders = make_loader(train_set, 4, shuffle=True), make_loader(valid_set, 8)
+    train(model, build_optimizer(model, config), *loaders, config, tmp_path / "run", progress=False)
+    reloaded, saved = load_model(tmp_path / "run" / LAST_CHECKPOINT)
+    assert saved == config and saved.normalization == "imagenet"
+    probabilities, _, _ = predict_loader(reloaded, make_loader(valid_set, 8))
+    for index in (0, 3):
+        single = predict(reloaded, valid_set.paths[index], saved.image_size, saved.normalization)
+        assert abs(single - probabilities[index]) < 1e-5
+    unsure = int(np.argmin(np.abs(probabilities - 0.5)))  # where a change of input shows most
+    wrong = predict(reloaded, valid_set.paths[unsure], saved.image_size)  # the course's scaling instead
+    assert abs(wrong - probabilities[unsure]) > 1e-3, "the normalization must matter here"
 
 
 def test_predict_uses_the_data_set_preprocessing(tiny_fundus):

@@ -68,11 +68,12 @@ def export_model(model, out_dir, image_size, normalization="course"):
 
 
 def export_checkpoint(checkpoint, out_dir):
-    """Export the model of a ``utils.train`` checkpoint at the image size it was trained at."""
+    """Export the model of a ``utils.train`` checkpoint at the image size and normalization it was
+    trained with."""
     from utils.train import load_model  # imported here: training code is not needed to predict
 
     model, config = load_model(checkpoint)
-    return export_model(model, out_dir, config.image_size)
+    return export_model(model, out_dir, config.image_size, config.normalization)
 
 
 def model_files(model_dir):

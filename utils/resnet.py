@@ -16,6 +16,7 @@ ResNet-18/34 use, and fixes what the course left implicit:
 """
 
 import math
+import pathlib
 
 import numpy as np
 import paddle
@@ -196,3 +197,25 @@ def load_paddle_vision_state(model, state, head=False, source="the state dict"):
     for theirs, (_, parameter) in wanted.items():
         parameter.set_value(np.asarray(state[theirs], dtype=parameter.numpy().dtype))
     return model
+
+
+def load_pretrained(model, path):
+    """Load the ImageNet weights of a ``paddle.vision`` ResNet from ``path`` into ``model`` (in place).
+
+    ``path`` is the state dict that ``paddle.vision.models.resnet50(pretrained=True)`` downloads
+    (``https://paddle-hapi.bj.bcebos.com/models/resnet50.pdparams``, a ``paddle.save``d dict), or the
+    same for another depth. Everything but the classifier head is copied (:func:`load_paddle_vision_state`);
+    the head keeps its fresh initialisation. A missing file raises ``FileNotFoundError``, a file that
+    is not a Paddle state dict of this ResNet ``ValueError`` naming the file and the first mismatch.
+    """
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no pretrained weights at '{path}': download resnet50.pdparams (see "
+                                "data/README.md) or leave out --pretrained")
+    try:
+        state = paddle.load(str(path))
+    except Exception as error:  # paddle.load raises several types for a file it cannot read
+        raise ValueError(f"cannot read '{path}' as a Paddle state dict: {error}") from error
+    if not isinstance(state, dict):
+        raise ValueError(f"'{path}' holds a {type(state).__name__}, not a state dict of parameters")
+    return load_paddle_vision_state(model, state, source=f"'{path}'")

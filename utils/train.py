@@ -14,6 +14,9 @@ One code path for the notebook, the command line and the tests:
 - The loaders are ``utils.palm``'s (:func:`make_loader` is ``utils.palm.make_loader``); the settings
   are :class:`utils.config.TrainConfig`, whose fields also make the command line's flags.
 
+``--pretrained FILE`` starts from paddle.vision's ImageNet weights (all but the new 1-logit head) and
+switches the input normalization to ImageNet's; the config, saved in every checkpoint, records it.
+
 Loss: binary cross-entropy on one logit (``binary_cross_entropy_with_logits``, numerically stable).
 Defaults are the original course's: Momentum (lr 0.001, momentum 0.9), L2 weight decay 0.001,
 batch 10, 224x224 images, 5 epochs.
@@ -61,7 +64,7 @@ from tqdm import tqdm  # noqa: E402
 
 from utils.config import TrainConfig, add_config_flags, config_from_args  # noqa: E402
 from utils.palm import PalmDataset, load_image, make_loader  # noqa: E402
-from utils.resnet import ResNet  # noqa: E402
+from utils.resnet import ResNet, load_pretrained  # noqa: E402
 
 #: File names written into an output folder.
 LAST_CHECKPOINT = "last.pdparams"
@@ -86,9 +89,17 @@ def _paddle_seeded(seed):
 
 def build_model(config):
     """A fresh ``ResNet(config.arch, num_classes=1)`` whose initial weights come from ``config.seed``
-    alone (Paddle's global random state is left as it was)."""
+    alone (Paddle's global random state is left as it was).
+
+    With ``config.pretrained`` every layer but the head then gets the ImageNet weights of that file
+    (``utils.resnet.load_pretrained``); the head, one logit instead of ImageNet's 1000 classes, keeps
+    its seeded initialisation. Such a model expects ``config.normalization`` "imagenet" inputs.
+    """
     with _paddle_seeded(config.seed):
-        return ResNet(layers=config.arch, num_classes=1)
+        model = ResNet(layers=config.arch, num_classes=1)
+    if config.pretrained:
+        load_pretrained(model, config.pretrained)
+    return model
 
 
 def build_optimizer(model, config):
@@ -339,20 +350,21 @@ def plot_history(history, title="ResNet training"):
 
 
 @paddle.no_grad()
-def predict(model, image_path, image_size=224):
+def predict(model, image_path, image_size=224, normalization="course"):
     """Probability that the eye in ``image_path`` has pathologic myopia (label 1), in eval mode.
 
-    ``image_size`` must be the size the model was trained at (the ``config.image_size`` that
-    :func:`load_model` returns).
+    ``image_size`` and ``normalization`` must be those the model was trained with (the
+    ``config.image_size`` and ``config.normalization`` that :func:`load_model` returns).
     """
-    image = paddle.to_tensor(load_image(image_path, image_size)[None])  # [1, 3, S, S]
+    image = paddle.to_tensor(load_image(image_path, image_size, normalization)[None])  # [1, 3, S, S]
     with eval_mode(model):
         return float(F.sigmoid(model(image))[0, 0])
 
 
 def make_datasets(root, config, cache_dir=None):
-    """The training and validation ``PalmDataset`` at ``config.image_size`` (resized images cached)."""
-    options = {"image_size": config.image_size, "cache_dir": cache_dir}
+    """The training and validation ``PalmDataset`` at ``config.image_size`` with ``config.normalization``
+    (resized images cached)."""
+    options = {"image_size": config.image_size, "cache_dir": cache_dir, "normalization": config.normalization}
     return (PalmDataset(root, "train", augment=config.augment, seed=config.seed, **options),
             PalmDataset(root, "valid", **options))
 
@@ -394,6 +406,8 @@ def parse_args(argv=None):
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     args.config = config_from_args(parser, args)  # each setting's rule, checked where TrainConfig declares it
+    if args.pretrained and not pathlib.Path(args.pretrained).is_file():
+        parser.error(f"--pretrained: no file {args.pretrained} (download it first: see data/README.md)")
     if args.resume and not (pathlib.Path(args.out) / LAST_CHECKPOINT).is_file():
         parser.error(f"--resume: no {LAST_CHECKPOINT} in {args.out} to continue from (check --out)")
     return args
@@ -425,6 +439,9 @@ def main(argv=None):
         print(f"ResNet-{config.arch}, {config.image_size} px, {config.epochs} epochs, batch "
               f"{config.batch_size} x {world} process(es), lr {config.lr}; {len(train_set)} training and "
               f"{len(valid_set)} validation images ({source})")
+        if config.pretrained:
+            print(f"initialised from the ImageNet weights in {display_path(config.pretrained)} (head: new), "
+                  f"{config.normalization} input normalization")
     out = pathlib.Path(args.out)
     result = train(model, optimizer, train_loader, valid_loader, config, out, resume=args.resume,
                    progress=not args.no_progress, log=print)
