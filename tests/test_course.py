@@ -69,7 +69,10 @@ def test_mkl_code_path_only_on_amd_cpus_that_have_the_instructions(tmp_path, cpu
 def test_configure_environment_never_sets_mkl_path_without_avx2(tmp_path, monkeypatch):
     path = tmp_path / "cpuinfo"
     path.write_text(AMD_NO_AVX2)
-    monkeypatch.delenv("MKL_DEBUG_CPU_TYPE", raising=False)
+    # setenv first: monkeypatch then restores the variable as it was, also where it was not set (a
+    # bare delenv of an unset variable records nothing, and the "5" set below leaked into later tests)
+    monkeypatch.setenv("MKL_DEBUG_CPU_TYPE", "")
+    monkeypatch.delenv("MKL_DEBUG_CPU_TYPE")
     course.configure_environment(cpuinfo_path=str(path))
     assert "MKL_DEBUG_CPU_TYPE" not in os.environ
     for cpuinfo, expected in [(AMD_AVX2, "5"), (AMD_AVX512, "7")]:

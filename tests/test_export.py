@@ -148,15 +148,17 @@ def test_load_batch_is_the_training_preprocessing(tmp_path):
     assert np.abs(batch[0] - expected).max() < 1e-6
 
 
-def test_command_line_exports_a_checkpoint_and_predicts_a_folder(tmp_path):
-    config = TrainConfig(arch=18, image_size=64, seed=5)
+@pytest.mark.parametrize("normalization", ["course", "imagenet"])
+def test_command_line_exports_a_checkpoint_and_predicts_a_folder(tmp_path, normalization):
+    """The checkpoint's normalization travels into export.json, and the predictor applies it."""
+    config = TrainConfig(arch=18, image_size=64, seed=5, normalization=normalization, schedule="constant")
     model = calibrated_model(config.arch, config.image_size, seed=config.seed)  # non-saturated probabilities
-    checkpoint = tmp_path / "best.pdparams"
-    save_checkpoint(checkpoint, model, build_optimizer(model, config), 1, config, [], None)
+    checkpoint = tmp_path / "last.pdparams"
+    save_checkpoint(checkpoint, model, build_optimizer(model, config), 1, config, [])
     images = write_fundus_folder(tmp_path / "images")
     out = tmp_path / "inference"
     assert main(["export", "--checkpoint", str(checkpoint), "--out", str(out)]) == 0
-    assert read_metadata(out)["image_size"] == 64
+    assert read_metadata(out)["image_size"] == 64 and read_metadata(out)["normalization"] == normalization
     table = tmp_path / "predictions.csv"
     command = [sys.executable, "-m", "utils.export", "predict", "--model", str(out), "--images", str(images),
                "--batch-size", "2", "--csv", str(table)]  # 3 images: a full batch, then a batch of 1
@@ -168,9 +170,12 @@ def test_command_line_exports_a_checkpoint_and_predicts_a_folder(tmp_path):
     assert "3 images" in done.stdout and "P0000.jpg" in done.stdout
     reference_model, _ = load_model(checkpoint)
     for row in rows:  # the dygraph model on each image through utils.train.predict, one at a time
-        expected = predict(reference_model, images / row["name"], image_size=64)
+        expected = predict(reference_model, images / row["name"], image_size=64, normalization=normalization)
         assert abs(float(row["probability"]) - expected) <= 1e-5
         assert int(row["label"]) == int(float(row["probability"]) >= 0.5)
+    other = "course" if normalization == "imagenet" else "imagenet"  # a predictor that ignored the record
+    assert max(abs(float(row["probability"]) - predict(reference_model, images / row["name"], 64, other))
+               for row in rows) > 1e-3
 
 
 def test_predict_paths_batches_give_the_same_probabilities(classifier, tmp_path):

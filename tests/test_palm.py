@@ -1,4 +1,5 @@
-"""Tests for utils.palm: labels, layout, the Dataset and its cache, loaders, unpacking, data resolution."""
+"""Tests for utils.palm: labels, layout, preprocessing, the Dataset and its cache, loaders, unpacking, data
+resolution, and which of its modules import Paddle."""
 
 import csv
 import itertools
@@ -15,7 +16,8 @@ import numpy as np
 import openpyxl
 import pytest
 
-from utils import palm
+from utils import palm, synthetic_fundus
+from utils.palm.__main__ import main as palm_main
 from utils.synthetic_fundus import NOTICE_FILE, make_dataset
 
 TRAIN = pathlib.Path("PALM-Training400", "PALM-Training400")
@@ -428,7 +430,7 @@ def test_extract_archives_bad_and_missing_archives(tiny_set, tmp_path):
 
 def test_prepare_command(tiny_set, tmp_path, capsys):
     src = _official_archives(tiny_set, tmp_path / "zips")
-    assert palm.main(["prepare", "--src", str(src), "--dst", str(tmp_path / "palm")]) == 0
+    assert palm_main(["prepare", "--src", str(src), "--dst", str(tmp_path / "palm")]) == 0
     assert "7 training images {0: 4, 1: 3}" in capsys.readouterr().out
 
 
@@ -506,7 +508,81 @@ def test_command_line_reports_missing_archives_without_a_traceback(tmp_path):
     assert str(tmp_path) in done.stderr
 
 
-def test_load_image_is_exactly_what_the_dataset_serves(tiny_set):
-    dataset = palm.PalmDataset(tiny_set, "valid", 32, cache=False)
-    image, _ = dataset[0]
-    np.testing.assert_array_equal(palm.load_image(tiny_set / VALID / "V0001.jpg", 32), image)
+@pytest.mark.parametrize("normalization", ["course", "imagenet"])
+def test_cached_and_uncached_paths_serve_identical_arrays(tiny_set, tmp_path, normalization):
+    """Decoding in __getitem__, the memory-mapped cache (just built, and read back by a new data set),
+    load_image (what prediction and export use) and a loader with worker processes: the same bits."""
+    for split, folder in (("train", TRAIN), ("valid", VALID)):
+        options = {"image_size": 32, "normalization": normalization}
+        plain = palm.PalmDataset(tiny_set, split, cache=False, **options)
+        built = palm.PalmDataset(tiny_set, split, cache_dir=tmp_path, **options)
+        reread = palm.PalmDataset(tiny_set, split, cache_dir=tmp_path, **options)
+        assert built.cache_rebuilt and not reread.cache_rebuilt and isinstance(reread.images, np.memmap)
+        for i, name in enumerate(plain.names):
+            image = plain[i][0]
+            np.testing.assert_array_equal(built[i][0], image)
+            np.testing.assert_array_equal(reread[i][0], image)
+            np.testing.assert_array_equal(palm.load_image(tiny_set / folder / name, 32, normalization), image)
+        batches = palm.make_loader(reread, batch_size=4, num_workers=2)
+        served = np.concatenate([images.numpy() for images, _ in batches])
+        np.testing.assert_array_equal(served, np.stack([plain[i][0] for i in range(len(plain))]))
+
+
+def test_imagenet_normalization_matches_numpy_and_to_display_inverts_both():
+    image = np.random.default_rng(0).integers(0, 256, (5, 6, 3), dtype=np.uint8)
+    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])  # ImageNet's, RGB
+    expected = ((image / 255.0 - mean) / std).transpose(2, 0, 1)  # float64 reference
+    got = palm.to_chw(image, "imagenet")
+    assert got.dtype == np.float32 and got.shape == (3, 5, 6)
+    assert np.abs(got - expected).max() < 1e-5  # float32 rounding of values up to 2.6
+    np.testing.assert_array_equal(palm.to_chw(image), image.transpose(2, 0, 1) / np.float32(127.5) - 1)
+    for normalization in ("course", "imagenet"):
+        chw = palm.to_chw(image, normalization)
+        np.testing.assert_array_equal(palm.to_display(chw, normalization), image)
+        assert str(palm.NORMALIZATIONS[normalization][0]) in palm.describe_preprocessing(normalization)
+    with pytest.raises(ValueError, match="normalization must be one of .*'imagenet'.* not 'torch'"):
+        palm.to_chw(image, "torch")
+
+
+def test_augmentation_keeps_every_label(data):
+    plain = palm.PalmDataset(data, "train", 32, cache=False)
+    augmented = palm.PalmDataset(data, "train", 32, augment=True, cache=False, seed=4)
+    for epoch in range(3):
+        augmented.set_epoch(epoch)
+        assert [augmented[i][1] for i in range(len(augmented))] == plain.labels
+    loader = palm.make_loader(augmented, batch_size=3, shuffle=True, seed=4)
+    for _ in range(2):  # two epochs: the labels travel with their (augmented) images
+        served = [labels.numpy().tolist() for _, labels in loader]
+        assert served == [[plain.labels[i] for i in batch] for batch in loader.sampler]  # that epoch's order
+
+
+def test_the_layout_names_are_those_the_synthetic_set_writes():
+    for name in ("TRAIN_DIR", "VALID_DIR", "GT_DIR", "GT_XLSX"):
+        assert getattr(palm, name) == getattr(synthetic_fundus, name), name
+    assert palm.LABEL_OF_LETTER == synthetic_fundus.KIND_LABELS
+
+
+def test_labels_layout_images_sources_and_the_command_line_do_without_paddle(tiny_set, tmp_path):
+    """``python -m utils.palm prepare`` and every function that needs no Dataset must not import Paddle:
+    importing it before utils.course.setup() would freeze its thread settings."""
+    src = _official_archives(tiny_set, tmp_path / "zips")
+    code = (
+        "import runpy, sys\n"
+        "import utils.palm as palm\n"
+        "palm.find_layout, palm.read_labels, palm.load_image, palm.cache_path, palm.resolve_data_root\n"
+        "import utils.config, utils.bench\n"
+        f"sys.argv = ['utils.palm', 'prepare', '--src', {str(src)!r}, '--dst', {str(tmp_path / 'palm')!r}]\n"
+        "try:\n"
+        "    runpy.run_module('utils.palm', run_name='__main__')\n"
+        "except SystemExit as stop:\n"
+        "    print('exit status', stop.code)\n"
+        "print('paddle imported:', 'paddle' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=palm.REPO_ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "7 training images {0: 4, 1: 3}" in done.stdout
+    assert done.stdout.splitlines()[-2:] == ["exit status 0", "paddle imported: False"]
+    assert "PalmDataset" in dir(palm) and "loaders" in dir(palm)
+    with pytest.raises(AttributeError, match="has no attribute 'PalmDatset'"):
+        palm.PalmDatset  # noqa: B018

@@ -1,10 +1,13 @@
-"""Tests for utils.resnet: sizes against paddle.vision and published counts, shapes, BatchNorm modes."""
+"""Tests for utils.resnet: paddle.vision's weights give identical logits, sizes against paddle.vision and
+published counts, shapes, BatchNorm modes, refused weight files."""
+
+import warnings
 
 import numpy as np
 import paddle
 import pytest
 
-from utils.resnet import ConvBNLayer, ResNet
+from utils.resnet import ConvBNLayer, ResNet, load_paddle_vision_state, load_pretrained, paddle_vision_name
 
 
 def trainable_count(model):
@@ -48,19 +51,93 @@ def downsampled(size):
     return size
 
 
-@pytest.mark.parametrize(
-    ("layers", "batch", "size", "classes"), [(50, 1, 64, 1), (50, 3, 97, 2), (18, 2, 32, 1), (34, 1, 80, 5)]
-)
-def test_output_and_feature_shapes(layers, batch, size, classes):
-    model = ResNet(layers=layers, num_classes=classes)
-    model.eval()
-    x = paddle.randn([batch, 3, size, size])
-    features = model.features(x)
-    channels = 2048 if layers >= 50 else 512
-    assert features.shape == [batch, channels, downsampled(size), downsampled(size)]
-    logits = model(x)
-    assert logits.shape == [batch, classes]
-    np.testing.assert_allclose(model.head(features).numpy(), logits.numpy(), rtol=1e-5, atol=1e-6)
+def randomized_paddle_vision(layers, seed, num_classes=1):
+    """``paddle.vision.models.resnet{layers}`` with every tensor random: BatchNorm's scale, shift and
+    running statistics too (a fresh network has 1, 0, 0 and 1 there, so swapping two of them, or two
+    same-shaped BNs, would go unseen). Running statistics come from a training pass on random images
+    (momentum 0), so that eval-mode activations keep a sensible size through 50 layers."""
+    paddle.seed(seed)
+    model = getattr(paddle.vision.models, f"resnet{layers}")(num_classes=num_classes)
+    rng = np.random.default_rng(seed)
+    norms = [layer for layer in model.sublayers() if isinstance(layer, paddle.nn.BatchNorm2D)]
+    for norm in norms:
+        norm.weight.set_value(rng.uniform(0.5, 1.5, norm.weight.shape).astype("float32"))
+        norm.bias.set_value(rng.uniform(-0.2, 0.2, norm.bias.shape).astype("float32"))
+        norm._momentum = 0.0
+    model.train()
+    with paddle.no_grad(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="When training, we now always track")
+        model(paddle.to_tensor(rng.normal(size=(4, 3, 64, 64)).astype("float32")))
+    for norm in norms:
+        norm._momentum = 0.9
+    return model
+
+
+@pytest.mark.parametrize(("layers", "size"), [(50, 64), (18, 96)])
+def test_paddle_vision_weights_give_identical_logits(layers, size):
+    """The course's ResNet is layer for layer paddle.vision's: its weights, copied by name, give the
+    same logits bit for bit (same kernels, same order), in eval and in training mode. Shapes and
+    parameter counts could not show this: a stride on the 1x1 instead of the 3x3 convolution, a
+    shortcut taken before instead of after BN, or two swapped blocks leave both unchanged."""
+    theirs = randomized_paddle_vision(layers, seed=layers)
+    ours = load_paddle_vision_state(ResNet(layers=layers, num_classes=1), theirs.state_dict(), head=True)
+    x = paddle.to_tensor(np.random.default_rng(size).normal(size=(3, 3, size, size)).astype("float32"))
+    for mode in ("eval", "train"):
+        getattr(theirs, mode)()
+        getattr(ours, mode)()
+        with paddle.no_grad(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="When training, we now always track")
+            reference, logits = theirs(x).numpy(), ours(x).numpy()
+        assert logits.shape == (3, 1) and np.all(np.isfinite(reference)) and np.abs(reference).max() > 1e-3
+        np.testing.assert_array_equal(logits, reference, err_msg=mode)
+    # The features have the shape that the downsampling arithmetic gives, and head(features) = forward.
+    ours.eval()
+    features = ours.features(x)
+    assert features.shape == [3, ours.feature_channels, downsampled(size), downsampled(size)]
+    np.testing.assert_array_equal(ours.head(features).numpy(), ours(x).numpy())
+
+
+def test_parameter_names_map_to_paddle_vision_one_to_one():
+    for layers in (18, 50):
+        ours = ResNet(layers=layers).state_dict()
+        theirs = getattr(paddle.vision.models, f"resnet{layers}")(num_classes=1).state_dict()
+        assert sorted(paddle_vision_name(name) for name in ours) == sorted(theirs)
+    assert paddle_vision_name("stages.0.0.conv1.bn._mean") == "layer1.0.bn2._mean"
+    assert paddle_vision_name("stages.3.0.short.conv.weight") == "layer4.0.downsample.0.weight"
+
+
+def test_a_state_that_is_not_the_same_resnet_is_refused_naming_the_first_mismatch():
+    model = ResNet(layers=50)
+    state = paddle.vision.models.resnet50(num_classes=1000).state_dict()
+    load_paddle_vision_state(model, state)  # an ImageNet-shaped head is not copied: fc stays ours
+    assert model.fc.weight.shape == [2048, 1]
+    smaller = paddle.vision.models.resnet18().state_dict()
+    message = r"not a paddle.vision ResNet-50 state: parameter 'layer1.0.conv1.weight' has shape \[64, 64, 3"
+    with pytest.raises(ValueError, match=message + r", 3\], expected \[64, 64, 1, 1\]"):
+        load_paddle_vision_state(model, smaller)
+    missing = dict(state)
+    del missing["layer2.0.downsample.1._mean"]
+    message = r"no parameter 'layer2.0.downsample.1._mean' \(expected shape \[512\]"
+    with pytest.raises(ValueError, match=message):
+        load_paddle_vision_state(model, missing)
+    with pytest.raises(ValueError, match="unexpected parameter 'layer5.0.conv1.weight'"):
+        load_paddle_vision_state(model, dict(state, **{"layer5.0.conv1.weight": np.zeros((1,))}))
+
+
+def test_a_weights_file_that_is_missing_unreadable_or_not_a_state_is_named(tmp_path):
+    model = ResNet(layers=18)
+    with pytest.raises(FileNotFoundError, match="no pretrained weights at .*resnet50.pdparams"):
+        load_pretrained(model, tmp_path / "resnet50.pdparams")
+    (tmp_path / "page.pdparams").write_text("<html>the download failed</html>")
+    with pytest.raises(ValueError, match="cannot read .*page.pdparams' as a Paddle state dict"):
+        load_pretrained(model, tmp_path / "page.pdparams")
+    paddle.save([1, 2, 3], str(tmp_path / "list.pdparams"))
+    with pytest.raises(ValueError, match="holds a list, not a state dict"):
+        load_pretrained(model, tmp_path / "list.pdparams")
+    paddle.save(paddle.vision.models.resnet34().state_dict(), str(tmp_path / "resnet34.pdparams"))
+    with pytest.raises(ValueError, match="'.*resnet34.pdparams' is not a paddle.vision ResNet-18 state: "
+                       "unexpected parameter 'layer1.2.conv1.weight'"):
+        load_pretrained(model, tmp_path / "resnet34.pdparams")
 
 
 def test_bad_arguments_name_the_bad_value():

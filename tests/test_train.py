@@ -19,7 +19,7 @@ from utils import evaluation
 from utils import train as train_module
 from utils.config import recipe
 from utils.palm import PalmDataset
-from utils.resnet import ResNet
+from utils.resnet import ResNet, paddle_vision_name
 from utils.synthetic_fundus import make_dataset
 from utils.train import (
     CURVES_FILE,
@@ -39,6 +39,7 @@ from utils.train import (
     load_model,
     make_datasets,
     make_loader,
+    make_test_set,
     operating_point,
     parse_args,
     predict,
@@ -185,12 +186,18 @@ def test_train_accuracy_and_loss_are_those_of_the_batches_as_they_were_seen():
     assert abs(row["train_loss"] - loss) < 1e-5
 
 
-def test_build_model_is_seeded_by_the_config_and_leaves_the_global_generator_alone():
+def built_without_touching_the_global_generator(config):
+    """``build_model(config)``, asserting that Paddle's global generator continues as if it had not run."""
     paddle.seed(11)
     expected = paddle.rand([3]).numpy()
     paddle.seed(11)
-    first = build_model(TINY)
+    model = build_model(config)
     assert np.array_equal(paddle.rand([3]).numpy(), expected), "build_model changed the global random state"
+    return model
+
+
+def test_build_model_is_seeded_by_the_config_and_leaves_the_global_generator_alone():
+    first = built_without_touching_the_global_generator(TINY)
     second = build_model(TINY)
     other = build_model(dataclasses.replace(TINY, seed=4))
     for a, b in zip(first.parameters(), second.parameters(), strict=True):
@@ -418,6 +425,68 @@ def run_cli(*args, launcher=(), timeout=240):
     return done.stdout
 
 
+def imagenet_weights(path, layers=18, seed=7):
+    """A stand-in for paddle.vision's ImageNet file (nothing downloads in the tests): a randomly
+    initialised paddle.vision ResNet's state dict, saved the way paddle.vision's file is."""
+    paddle.seed(seed)
+    state = getattr(paddle.vision.models, f"resnet{layers}")().state_dict()  # 1000 classes, like ImageNet's
+    paddle.save(state, str(path))
+    return {name: value.numpy() for name, value in state.items()}
+
+
+def test_pretrained_weights_come_from_the_file_and_the_head_from_the_seed(tmp_path, capsys):
+    saved = imagenet_weights(tmp_path / "resnet18.pdparams")
+    config = dataclasses.replace(TINY, pretrained=str(tmp_path / "resnet18.pdparams"), normalization=None)
+    assert config.normalization == "imagenet" and TINY.normalization == "course"
+    assert dataclasses.replace(config, normalization="course").normalization == "course", "a choice is kept"
+    model = built_without_touching_the_global_generator(config)
+    fresh = build_model(TINY)
+
+    for name, value in model.state_dict().items():
+        if name.startswith("fc."):  # the head: 1 logit, newly initialised from the seed
+            np.testing.assert_array_equal(value.numpy(), fresh.state_dict()[name].numpy())
+        else:
+            np.testing.assert_array_equal(value.numpy(), saved[paddle_vision_name(name)], err_msg=name)
+    args = parse_args(["--arch", "18", "--pretrained", config.pretrained])
+    assert args.config.normalization == "imagenet" and args.config.pretrained == config.pretrained
+    with pytest.raises(SystemExit):
+        parse_args(["--pretrained", str(tmp_path / "missing.pdparams")])
+    assert "--pretrained: no file" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="not a paddle.vision ResNet-50 state"):
+        build_model(dataclasses.replace(config, arch=50))
+
+
+def test_a_checkpoint_without_a_normalization_is_the_course_one():
+    old = {key: value for key, value in dataclasses.asdict(TINY).items()
+           if key not in ("pretrained", "normalization")}  # a checkpoint written before they existed
+    assert TrainConfig(**old) == TINY and TrainConfig(**old).normalization == "course"
+    with pytest.raises(ValueError, match="normalization must be 'course' or 'imagenet', got 'torch'"):
+        TrainConfig(normalization="torch")
+
+
+def test_imagenet_normalization_holds_from_training_to_prediction(tiny_fundus, tmp_path):
+    """Train from (stand-in) ImageNet weights, reload, predict single files: every step uses the
+    normalization that the checkpoint records."""
+    config = dataclasses.replace(TINY, epochs=1, pretrained=str(tmp_path / "w.pdparams"), normalization=None,
+                                 schedule="constant")
+    imagenet_weights(tmp_path / "w.pdparams")
+    train_set, _ = make_datasets(tiny_fundus / "data", config, cache_dir=tiny_fundus / "cache")
+    valid_set = make_test_set(tiny_fundus / "data", config, cache_dir=tiny_fundus / "cache")
+    assert train_set.normalization == valid_set.normalization == "imagenet"
+    model = build_model(config)
+    train(model, build_optimizer(model, config), make_loader(train_set, 4, shuffle=True), config,
+          make_loader(valid_set, 8), out_dir=tmp_path / "run", progress=False)
+    reloaded, saved = load_model(tmp_path / "run" / LAST_CHECKPOINT)
+    assert saved == config and saved.normalization == "imagenet"
+    probabilities, _, _ = predict_loader(reloaded, make_loader(valid_set, 8))
+    for index in (0, 3):
+        single = predict(reloaded, valid_set.paths[index], saved.image_size, saved.normalization)
+        assert abs(single - probabilities[index]) < 1e-5
+    unsure = int(np.argmin(np.abs(probabilities - 0.5)))  # where a change of input shows most
+    wrong = predict(reloaded, valid_set.paths[unsure], saved.image_size)  # the course's scaling instead
+    assert abs(wrong - probabilities[unsure]) > 1e-3, "the normalization must matter here"
+
+
 def test_predict_uses_the_data_set_preprocessing(tiny_fundus):
     dataset = PalmDataset(tiny_fundus / "data", "valid", image_size=32, cache=False)
     paddle.seed(0)
@@ -625,38 +694,22 @@ def test_integration_two_cpu_processes_data_parallel(tiny_fundus):
     ``python -m paddle.distributed.launch`` on the CPU equals the single-process reference above.
 
     24 images, 3 per step and process: 4 steps of 2 x 3 images, then the running statistics are
-    averaged. Tolerance: both sides run the same float32 kernels on the same batches, but the two
-    launched processes use one math thread each and this one all cores, so sums may round in another
-    order; the weights' change from their start must agree within 1e-4 of the largest change, the
-    running statistics within 1e-5 absolute (on 2 cores both agreed bit for bit). Each mistake the
-    reference leaves out (summing instead of averaging the gradients; keeping process 0's running
-    statistics) moves them by over 100x that.
+    averaged. Tolerance: both sides run the same float32 kernels on the same batches and agree bit for
+    bit when they share the math settings (they inherit this process's). Another math path (MKL's AVX2
+    kernels, one thread instead of two) moved the weights by up to 8e-4 of their largest change and
+    the running statistics by 1.4e-6, so the bounds are 2e-3 of the largest change and 1e-5. Each
+    mistake the reference leaves out (summing instead of averaging the gradients; keeping process 0's
+    running statistics) moves them by over 100x that. At 64 px, not 32: at 32 px the last stage's
+    BatchNorm sees 3 values per channel, and its near-zero variances make the steps chaotic (there the
+    other math path moved the weights by 20% of their change).
     """
     out = tiny_fundus / "distributed"
-    config = TrainConfig(
-        arch=18, epochs=1, batch_size=3, image_size=32, lr=0.05, seed=0, schedule="constant", augment=False
-    )
+    config = TrainConfig(arch=18, epochs=1, batch_size=3, image_size=64, lr=0.01, seed=0, schedule="constant",
+                         augment=False)
     stdout = run_cli(
-        "utils/train.py",
-        "--data",
-        str(tiny_fundus / "data"),
-        "--arch",
-        "18",
-        "--epochs",
-        "1",
-        "--batch-size",
-        "3",
-        "--image-size",
-        "32",
-        "--lr",
-        "0.05",
-        "--schedule",
-        "constant",
-        "--no-augment",
-        "--out",
-        str(out),
-        "--cache-dir",
-        str(tiny_fundus / "cache"),
+        "utils/train.py", "--data", str(tiny_fundus / "data"), "--arch", "18", "--epochs", "1",
+        "--batch-size", "3", "--image-size", "64", "--lr", "0.01", "--schedule", "constant", "--no-augment",
+        "--out", str(out), "--cache-dir", str(tiny_fundus / "cache"),
         launcher=("-m", "paddle.distributed.launch", "--nproc_per_node", "2", "--log_dir", str(out / "logs")),
     )
     assert "2 process(es)" in (out / "logs" / "workerlog.0").read_text() + stdout
@@ -670,8 +723,8 @@ def test_integration_two_cpu_processes_data_parallel(tiny_fundus):
     weights = [name for name in reference if not name.endswith(("_mean", "_variance"))]
     running = [name for name in reference if name.endswith(("_mean", "_variance"))]
     change = largest_difference(reference, start, weights)
-    weight_tolerance, running_tolerance = 1e-4 * change, 1e-5
-    assert change > 1e-3, "the step must move the weights for the comparison to mean anything"
+    weight_tolerance, running_tolerance = 2e-3 * change, 1e-5
+    assert change > 1e-3, "the steps must move the weights for the comparison to mean anything"
     assert largest_difference(launched, reference, weights) <= weight_tolerance
     assert largest_difference(launched, reference, running) <= running_tolerance
 

@@ -26,6 +26,10 @@ the median. Processes run one after the other, the two configurations interleave
 that gets busier during the run does not favour one of them; ``--rounds`` repeats the whole
 sequence. The images are synthetic fundus photographs at the real set's full size (2124x2056),
 generated once into ``data/bench/``: JPEG decoding costs the same for them as for the real ones.
+
+``python -m utils.bench --loaders`` measures the data loaders instead (:func:`loader_benchmark`):
+images per second of ``utils.palm``'s loaders with and without the resized-image cache, with and
+without worker processes, on generated full-size JPEGs.
 """
 
 import argparse
@@ -40,7 +44,8 @@ import sys
 import tempfile
 import time
 
-from utils.course import configure_environment, cpu_count
+from utils.config import AT_LEAST_ONE, check_flag, setting_rule
+from utils.course import configure_environment, cpu_count, cpu_info, run_command
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 BENCH_DATA = REPO_ROOT / "data" / "bench"
@@ -58,18 +63,9 @@ MATH_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "MKL_DEBUG_CPU_TYPE")
 
 def machine_description():
     """CPU model, cores, vector extensions, and the load average (other work on the machine)."""
-    model, flags = "unknown CPU", set()
-    try:
-        text = pathlib.Path("/proc/cpuinfo").read_text()
-        for line in text.splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and model == "unknown CPU":
-                model = value.strip()
-            elif key.strip() == "flags" and not flags:
-                flags = set(value.split())
-    except OSError:
-        model = platform.processor() or model
-    extensions = [name for name in ("avx2", "avx512f") if name in flags]
+    info = cpu_info()
+    model = info["model"] or platform.processor() or "unknown CPU"
+    extensions = [name for name in ("avx2", "avx512f") if name in info["flags"]]
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     return {"cpu": model, "cores": cpu_count(), "extensions": extensions,
             "load_average_1min": round(load[0], 2) if load else None}
@@ -201,13 +197,22 @@ def parse_args(argv=None):
     parser.add_argument("--data", metavar="DIR", help="an image folder in the iChallenge-PM layout "
                         "(default: synthetic full-size images generated into data/bench/)")
     parser.add_argument("--json", metavar="FILE", help="also write every timing to this JSON file")
+    parser.add_argument("--loaders", action="store_true", help="measure the data loaders (with and without "
+                        "the resized-image cache and worker processes) instead of the network")
+    parser.add_argument("--images", type=int, default=24,
+                        help="--loaders: number of generated full-size JPEGs (default: %(default)s)")
+    parser.add_argument("--workers", type=int, nargs="+", default=[0, 2],
+                        help="--loaders: DataLoader worker processes to try (default: %(default)s)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # internal: one measurement, as JSON
     args = parser.parse_args(argv)
-    for name in ("batch_size", "reps", "rounds"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-    if min(args.sizes) < 32:
-        parser.error(f"--sizes must be at least 32 px (ResNet downsamples by 32), got {min(args.sizes)}")
+    # The rules of the training settings (utils.config), where a flag is one of them.
+    check_flag(parser, "--batch-size", args.batch_size, setting_rule("batch_size"))
+    for size in args.sizes:
+        check_flag(parser, "--sizes", size, setting_rule("image_size"))
+    for workers in args.workers:
+        check_flag(parser, "--workers", workers, setting_rule("num_workers"))
+    for flag, value in (("--reps", args.reps), ("--rounds", args.rounds), ("--images", args.images)):
+        check_flag(parser, flag, value, AT_LEAST_ONE)
     return args
 
 
@@ -218,6 +223,10 @@ def main(argv=None):
         return 0
     started = time.perf_counter()
     threads = configure_environment()
+    if args.loaders:
+        rows = loader_benchmark(args.images, args.sizes, args.batch_size, args.workers)
+        print(format_loader_table(rows, args.batch_size))
+        return 0
     machine = machine_description()
     extensions = ", ".join(machine["extensions"]) or "no AVX2"
     mkl = os.environ.get("MKL_DEBUG_CPU_TYPE")
@@ -311,14 +320,13 @@ def measure(spec):
     if spec["variant"] == "course":
         set_math_threads(int(os.environ["OMP_NUM_THREADS"]))
     from utils.palm import list_split
-    from utils.resnet import ResNet
+    from utils.train import TrainConfig, build_model
 
     size, batch, phase = spec["image_size"], spec["batch_size"], spec["phase"]
     split = "train" if phase == "train" else "valid"
     paths, labels = list_split(spec["root"], split)
     paths, labels = paths[:batch], labels[:batch]
-    paddle.seed(0)
-    model = ResNet(layers=50, num_classes=1)
+    model = build_model(TrainConfig(arch=50, seed=0))
     key = f"{spec['variant']}/{phase}/{size}"
     run = {"warmup": spec["warmup"], "reps": spec["reps"]}
     if spec["variant"] == "original":
@@ -390,5 +398,64 @@ def _measure_course(paddle, model, phase, root, split, batch, size, run):
     return times, extra
 
 
+# ---------------------------------------------------------------------------------------------
+# The loader benchmark (``--loaders``), in this process
+
+
+def loader_benchmark(n_images=24, sizes=(224,), batch_size=10, workers=(0, 2), full_size=FULL_SIZE,
+                     work_dir=None):
+    """Loader throughput on generated full-size photographs, without and with the cache.
+
+    Returns ``(image size, setting, seconds per epoch, images per second)`` rows. Cached epochs are
+    timed over 10 passes; with workers, each pass includes starting them. Building the cache, once,
+    is a row of its own.
+    """
+    from utils.course import import_paddle_quietly
+    from utils.palm import PalmDataset, make_loader
+    from utils.synthetic_fundus import make_dataset
+
+    import_paddle_quietly().set_device("cpu")
+
+    def epoch(dataset, num_workers, passes=1):
+        loader = make_loader(dataset, batch_size, num_workers=num_workers)
+        start = time.perf_counter()
+        count = sum(len(labels) for _ in range(passes) for _, labels in loader)
+        seconds = time.perf_counter() - start
+        return seconds / passes, count / seconds
+
+    rows = []
+    with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
+        data = pathlib.Path(tmp) / "data"
+        start = time.perf_counter()
+        make_dataset(data, n_images, 0, full_size, seed=0)
+        print(f"generated {n_images} synthetic {full_size[0]}x{full_size[1]} JPEGs in "
+              f"{time.perf_counter() - start:.1f} s", flush=True)
+        for size in sizes:
+            plain = PalmDataset(data, "train", size, cache=False)
+            for num_workers in workers:
+                rows.append((size, f"no cache, decode every epoch, num_workers={num_workers}",
+                             *epoch(plain, num_workers)))
+            start = time.perf_counter()
+            cached = PalmDataset(data, "train", size, cache_dir=pathlib.Path(tmp) / "cache")
+            seconds = time.perf_counter() - start
+            rows.append((size, f"building the cache ({cpu_count()} decoding threads), once", seconds,
+                         n_images / seconds))
+            for num_workers in workers:
+                timing = epoch(cached, num_workers, passes=10)
+                rows.append((size, f"cached, num_workers={num_workers}", *timing))
+    return rows
+
+
+def format_loader_table(rows, batch_size):
+    """The printed table of :func:`loader_benchmark`'s rows, one block per image size."""
+    lines = []
+    for size in dict.fromkeys(row[0] for row in rows):
+        lines.append(f"loader throughput, {size} px output, batch {batch_size} "
+                     "(seconds per epoch; for the cache, the one-off build):")
+        lines += [f"  {setting:<52} {seconds:7.2f} s  {rate:8.1f} images/s"
+                  for row_size, setting, seconds, rate in rows if row_size == size]
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run_command(main, "utils.bench", errors=(FileNotFoundError, ValueError, RuntimeError))

@@ -15,7 +15,7 @@ import argparse
 import dataclasses
 from collections.abc import Callable
 
-from utils.palm import MIN_IMAGE_SIZE
+from utils.palm import MIN_IMAGE_SIZE, NORMALIZATIONS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,8 +46,11 @@ def one_of(choices):
     return Rule(lambda value: value in choices, "one of " + ", ".join(map(str, choices)))
 
 
-def _setting(default, help, rule=None, choices=None):
-    return dataclasses.field(default=default, metadata={"help": help, "rule": rule, "choices": choices})
+def _setting(default, help, rule=None, choices=None, type=None, metavar=None):
+    """A field of :class:`TrainConfig` with what its flag needs (``type`` where the annotation is not
+    a callable one, e.g. ``str | None``)."""
+    metadata = {"help": help, "rule": rule, "choices": choices, "type": type, "metavar": metavar}
+    return dataclasses.field(default=default, metadata=metadata)
 
 
 @dataclasses.dataclass
@@ -79,8 +82,21 @@ class TrainConfig:
     dtype: str = _setting("float32", "float type of the network (float64: the same digits on every CPU, "
                           "slower)", one_of(DTYPES), choices=DTYPES)
     num_workers: int = _setting(0, "DataLoader worker processes (0: load in the main process)", NOT_NEGATIVE)
+    pretrained: str | None = _setting(
+        None, "start from these ImageNet weights: the paddle.vision ResNet state dict (.pdparams) that "
+        "paddle.vision.models.resnet50(pretrained=True) downloads (see data/README.md); the 1-logit head "
+        "is newly initialised", type=str, metavar="FILE")
+    normalization: str | None = _setting(
+        None, "input normalization: 'course' (x / 127.5 - 1) or 'imagenet' (ImageNet's mean and std per "
+        "RGB channel); unset: 'imagenet' with --pretrained, else 'course'",
+        Rule(lambda value: value is None or value in NORMALIZATIONS, "'course' or 'imagenet'"),
+        choices=tuple(NORMALIZATIONS), type=str)
 
     def __post_init__(self):
+        # Unset: what the weights expect (ImageNet's statistics for ImageNet weights), decided here so that
+        # checkpoints record it. (dataclasses.replace copies it: pass normalization=None to decide anew.)
+        if self.normalization is None:
+            self.normalization = "imagenet" if self.pretrained else "course"
         problems = [f"{name} {problem}" for name, problem in config_problems(vars(self))]
         if problems:
             raise ValueError("TrainConfig: " + "; ".join(problems))
@@ -136,8 +152,11 @@ def add_config_flags(parser, defaults=None):
             parser.add_argument(flag_name(field.name), action=argparse.BooleanOptionalAction, default=default,
                                 help=f"{help_text} (default: %(default)s)")
             continue
-        parser.add_argument(flag_name(field.name), type=field.type, default=default,
-                            choices=field.metadata["choices"], help=f"{help_text} (default: %(default)s)")
+        # The recipe's value, except for normalization, whose unset default is resolved per run.
+        default = field.default if field.name == "normalization" else default
+        parser.add_argument(flag_name(field.name), type=field.metadata["type"] or field.type,
+                            default=default, choices=field.metadata["choices"],
+                            metavar=field.metadata["metavar"], help=f"{help_text} (default: %(default)s)")
 
 
 def recipe_defaults(argv):

@@ -11,11 +11,12 @@ Files of an exported model folder::
 
     model.json, model.pdiparams   the graph and the weights (``paddle.jit.save``; Paddle 3 writes
                                   ``model.json``, Paddle 2 wrote ``model.pdmodel``)
-    export.json                   the image size and preprocessing the model expects
+    export.json                   the image size and the preprocessing the model expects (its
+                                  normalization is applied by :func:`load_batch` when predicting)
 
 Command line::
 
-    python -m utils.export export --checkpoint runs/resnet/best.pdparams --out runs/resnet/inference
+    python -m utils.export export --checkpoint runs/resnet/last.pdparams --out runs/resnet/inference
     python -m utils.export predict --model runs/resnet/inference --images FOLDER [--csv predictions.csv]
 """
 
@@ -26,7 +27,7 @@ import os
 import pathlib
 from concurrent.futures import ThreadPoolExecutor
 
-from utils.course import configure_environment, cpu_count, run_command
+from utils.course import configure_environment, cpu_count, eval_mode, run_command
 
 if __name__ == "__main__":  # an entry point: set Paddle's environment before importing it
     configure_environment()
@@ -37,40 +38,42 @@ from utils.course import import_paddle_quietly  # noqa: E402
 
 paddle = import_paddle_quietly()
 
-from utils.palm import list_images, load_image  # noqa: E402
+from utils.palm import check_normalization, describe_preprocessing, list_images, load_image  # noqa: E402
 
 #: File names inside an exported model folder.
 MODEL_PREFIX = "model"
 METADATA_FILE = "export.json"
-#: What the exported model's inputs must look like (written into ``export.json``, checked on loading).
-PREPROCESSING = "RGB, resized to image_size x image_size (area interpolation), x / 127.5 - 1, [N, 3, S, S]"
+#: What the exported model's inputs look like with the course's normalization (``export.json`` says it).
+PREPROCESSING = describe_preprocessing("course")
 
 
-def export_model(model, out_dir, image_size):
+def export_model(model, out_dir, image_size, normalization="course"):
     """Save ``model`` (in eval mode) for Paddle Inference under ``out_dir``; returns ``out_dir``.
 
-    The input is declared as float32 ``[batch, 3, image_size, image_size]`` with any batch size.
+    The input is declared as float32 ``[batch, 3, image_size, image_size]`` with any batch size;
+    ``export.json`` records the image size and the ``normalization`` the model was trained with, so
+    that :class:`ExportedClassifier` preprocesses images the same way.
     """
+    check_normalization(normalization)
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    was_training = model.training
-    model.eval()  # BatchNorm must use its running statistics in the saved graph
     spec = paddle.static.InputSpec([None, 3, image_size, image_size], "float32", name="image")
-    paddle.jit.save(model, str(out_dir / MODEL_PREFIX), input_spec=[spec])
-    if was_training:
-        model.train()
-    metadata = {"image_size": int(image_size), "preprocessing": PREPROCESSING,
-                "output": "one logit per image", "label_1": "pathologic myopia", "paddle": paddle.__version__}
+    with eval_mode(model):  # BatchNorm must use its running statistics in the saved graph
+        paddle.jit.save(model, str(out_dir / MODEL_PREFIX), input_spec=[spec])
+    metadata = {"image_size": int(image_size), "normalization": normalization,
+                "preprocessing": describe_preprocessing(normalization), "output": "one logit per image",
+                "label_1": "pathologic myopia", "paddle": paddle.__version__}
     (out_dir / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
     return out_dir
 
 
 def export_checkpoint(checkpoint, out_dir):
-    """Export the model of a ``utils.train`` checkpoint at the image size it was trained at."""
+    """Export the model of a ``utils.train`` checkpoint at the image size and normalization it was
+    trained with."""
     from utils.train import load_model  # imported here: training code is not needed to predict
 
     model, config = load_model(checkpoint)
-    return export_model(model, out_dir, config.image_size)
+    return export_model(model, out_dir, config.image_size, config.normalization)
 
 
 def model_files(model_dir):
@@ -90,12 +93,13 @@ def model_files(model_dir):
 
 
 def read_metadata(model_dir):
-    """The ``export.json`` of an exported model folder (image size and preprocessing)."""
+    """The ``export.json`` of an exported model folder (image size and preprocessing). A folder exported
+    before the normalization was recorded used the course's ("course")."""
     path = pathlib.Path(model_dir) / METADATA_FILE
     if not path.is_file():
         raise FileNotFoundError(f"'{path}' is missing: the folder was not written by utils.export, so the "
                                 "image size the model expects is unknown; export it again")
-    return json.loads(path.read_text())
+    return {"normalization": "course", **json.loads(path.read_text())}
 
 
 class ExportedClassifier:
@@ -104,14 +108,16 @@ class ExportedClassifier:
     On a CPU: ``threads`` math threads (default: ``$OMP_NUM_THREADS``, else all cores) and oneDNN
     kernels (``onednn=True``: 2.5x faster than Paddle Inference's plain CPU kernels for ResNet-50);
     on a GPU when ``device`` is "gpu" (or None and Paddle sees one). ``logits(images)`` takes
-    float32 ``[N, 3, S, S]`` preprocessed like the training data (:func:`load_batch`).
+    float32 ``[N, 3, S, S]`` preprocessed like the training data (:func:`load_batch` with the
+    classifier's ``image_size`` and ``normalization``, read from ``export.json``).
     """
 
     def __init__(self, model_dir, threads=None, onednn=True, device=None):
         from utils.course import pick_device
 
         graph, params = model_files(model_dir)
-        self.image_size = int(read_metadata(model_dir)["image_size"])
+        metadata = read_metadata(model_dir)
+        self.image_size, self.normalization = int(metadata["image_size"]), metadata["normalization"]
         config = paddle.inference.Config(str(graph), str(params))
         self.device = pick_device(device)
         if self.device.startswith("gpu"):
@@ -149,13 +155,13 @@ class ExportedClassifier:
         return 1.0 / (1.0 + np.exp(-self.logits(images).reshape(-1).astype(np.float64)))
 
 
-def load_batch(paths, image_size, pool=None):
+def load_batch(paths, image_size, pool=None, normalization="course"):
     """Decode and preprocess image files like the training data: float32 ``[N, 3, S, S]``.
 
     ``pool`` (a thread pool) decodes in parallel: OpenCV releases the GIL while it decodes.
     """
     def load(path):
-        return load_image(path, image_size)
+        return load_image(path, image_size, normalization)
 
     images = list(pool.map(load, paths)) if pool is not None else [load(p) for p in paths]
     return np.stack(images)
@@ -182,11 +188,14 @@ def predict_paths(classifier, paths, batch_size=10, threshold=0.5):
     batches = [paths[i : i + batch_size] for i in range(0, len(paths), batch_size)]
     rows = []
     with ThreadPoolExecutor(max(1, cpu_count())) as pool, ThreadPoolExecutor(1) as loader:
-        pending = loader.submit(load_batch, batches[0], classifier.image_size, pool)
+        def submit(batch):
+            return loader.submit(load_batch, batch, classifier.image_size, pool, classifier.normalization)
+
+        pending = submit(batches[0])
         for i, batch in enumerate(batches):
             images = pending.result()
             if i + 1 < len(batches):
-                pending = loader.submit(load_batch, batches[i + 1], classifier.image_size, pool)
+                pending = submit(batches[i + 1])
             for path, probability in zip(batch, classifier.probabilities(images), strict=True):
                 rows.append({"name": path.name, "probability": float(probability),
                              "label": int(probability >= threshold)})
@@ -216,7 +225,7 @@ def parse_args(argv=None):
     commands = parser.add_subparsers(dest="command", required=True)
     export = commands.add_parser("export", help="write an inference model from a utils.train checkpoint")
     export.add_argument("--checkpoint", required=True, metavar="FILE",
-                        help="a checkpoint of `python -m utils.train` (e.g. runs/resnet/best.pdparams)")
+                        help="a checkpoint of `python -m utils.train` (e.g. runs/resnet/last.pdparams)")
     export.add_argument("--out", required=True, metavar="DIR", help="folder for the exported model")
     predict = commands.add_parser("predict", help="classify every image of a folder")
     predict.add_argument("--model", required=True, metavar="DIR", help="an exported model folder")

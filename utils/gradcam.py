@@ -14,6 +14,8 @@ import cv2
 import numpy as np
 import paddle
 
+from utils.course import eval_mode
+
 
 def grad_cam(model, image, label=1, stage=-1):
     """Grad-CAM heat map of one image for a one-logit ``utils.resnet.ResNet``.
@@ -31,17 +33,14 @@ def grad_cam(model, image, label=1, stage=-1):
     if not -stages <= stage < stages:
         raise ValueError(f"stage must be in [{-stages}, {stages - 1}], got {stage!r}")
     stage %= stages
-    was_training = model.training
-    model.eval()
     x = paddle.to_tensor(np.asarray(image, dtype="float32")[None])  # [1, 3, S, S]
-    features = features_at(model, x, stage)  # [1, C, h, w]
-    logit = logit_from(model, features, stage)[0, 0]
-    score = logit if label == 1 else -logit
-    (gradient,) = paddle.grad(score, features)  # [1, C, h, w]; does not accumulate into .grad
-    weights = gradient.mean(axis=[2, 3], keepdim=True)  # alpha_k: [1, C, 1, 1]
-    cam = paddle.nn.functional.relu((weights * features).sum(axis=1))[0].numpy()  # [h, w]
-    if was_training:
-        model.train()
+    with eval_mode(model):
+        features = features_at(model, x, stage)  # [1, C, h, w]
+        logit = logit_from(model, features, stage)[0, 0]
+        score = logit if label == 1 else -logit
+        (gradient,) = paddle.grad(score, features)  # [1, C, h, w]; does not accumulate into .grad
+        weights = gradient.mean(axis=[2, 3], keepdim=True)  # alpha_k: [1, C, 1, 1]
+        cam = paddle.nn.functional.relu((weights * features).sum(axis=1))[0].numpy()  # [h, w]
     size = x.shape[-1], x.shape[-2]  # cv2 wants (width, height)
     cam = cv2.resize(cam, size, interpolation=cv2.INTER_LINEAR)
     peak = cam.max()

@@ -20,6 +20,26 @@ def _per_channel(v, ndim):
     return np.asarray(v).reshape((1, -1) + (1,) * (ndim - 2))
 
 
+def affine(x_hat, gamma=None, beta=None, per_channel=True):
+    """The affine step every normalization ends with: ``gamma * x_hat + beta``.
+
+    x_hat: the normalized values, (N, C, ...). gamma, beta: None (1 and 0: that part is left out) or
+    arrays. ``per_channel=True``: they are (C,) vectors, one value per channel on axis 1 (BatchNorm,
+    GroupNorm, InstanceNorm); ``per_channel=False``: they broadcast against the trailing axes as
+    they are (LayerNorm's ``normalized_shape``). Returns an array of x_hat's shape.
+    """
+    ndim = np.ndim(x_hat)
+
+    def shaped(v):
+        return _per_channel(v, ndim) if per_channel else np.asarray(v)
+
+    if gamma is not None:
+        x_hat = x_hat * shaped(gamma)
+    if beta is not None:
+        x_hat = x_hat + shaped(beta)
+    return x_hat
+
+
 def batch_norm(x, gamma=None, beta=None, epsilon=1e-5):
     """BatchNorm in training mode.
 
@@ -35,11 +55,7 @@ def batch_norm(x, gamma=None, beta=None, epsilon=1e-5):
     mean = x.mean(axis=axes, keepdims=True)
     var = x.var(axis=axes, keepdims=True)  # biased: divides by m, like Paddle
     y = (x - mean) / np.sqrt(var + epsilon)
-    if gamma is not None:
-        y = y * _per_channel(gamma, x.ndim)
-    if beta is not None:
-        y = y + _per_channel(beta, x.ndim)
-    return y
+    return affine(y, gamma, beta)
 
 
 def batch_norm_backward(dy, x, gamma, epsilon=1e-5):
@@ -118,11 +134,7 @@ def layer_norm(x, normalized_shape, gamma=None, beta=None, epsilon=1e-5):
     _check_affine(gamma, beta, shape, "layer_norm")
     axes = tuple(range(x.ndim - len(shape), x.ndim))
     y = (x - x.mean(axis=axes, keepdims=True)) / np.sqrt(x.var(axis=axes, keepdims=True) + epsilon)
-    if gamma is not None:
-        y = y * np.asarray(gamma)
-    if beta is not None:
-        y = y + np.asarray(beta)
-    return y
+    return affine(y, gamma, beta, per_channel=False)
 
 
 def group_norm(x, num_groups, gamma=None, beta=None, epsilon=1e-5):
@@ -146,11 +158,7 @@ def group_norm(x, num_groups, gamma=None, beta=None, epsilon=1e-5):
     mean = grouped.mean(axis=2, keepdims=True)
     var = grouped.var(axis=2, keepdims=True)
     y = ((grouped - mean) / np.sqrt(var + epsilon)).reshape(x.shape)
-    if gamma is not None:
-        y = y * _per_channel(gamma, x.ndim)
-    if beta is not None:
-        y = y + _per_channel(beta, x.ndim)
-    return y
+    return affine(y, gamma, beta)
 
 
 def instance_norm(x, gamma=None, beta=None, epsilon=1e-5):
@@ -165,11 +173,7 @@ def instance_norm(x, gamma=None, beta=None, epsilon=1e-5):
     _check_affine(gamma, beta, x.shape[1:2], "instance_norm")
     axes = tuple(range(2, x.ndim))
     y = (x - x.mean(axis=axes, keepdims=True)) / np.sqrt(x.var(axis=axes, keepdims=True) + epsilon)
-    if gamma is not None:
-        y = y * _per_channel(gamma, x.ndim)
-    if beta is not None:
-        y = y + _per_channel(beta, x.ndim)
-    return y
+    return affine(y, gamma, beta)
 
 
 def dropout(x, p, mask, mode="upscale_in_train", training=True):

@@ -5,7 +5,9 @@ ReLU) and a ``BottleneckBlock``. This module keeps those blocks, adds the ``Basi
 ResNet-18/34 use, and fixes what the course left implicit:
 
 - the stride of a bottleneck sits on its 3x3 convolution ("ResNet v1.5", as in the course and in
-  ``paddle.vision.models``), so the parameter count equals ``paddle.vision.models.resnet50``;
+  ``paddle.vision.models``): layer for layer the same network as ``paddle.vision.models.resnet50``,
+  whose weights :func:`load_paddle_vision_state` copies in (``tests/test_resnet.py`` gets identical
+  logits from both);
 - the head is one logit by default (binary classification with ``binary_cross_entropy_with_logits``),
   initialised like the course: uniform in +-1/sqrt(fan_in);
 - ``features(x)`` returns the last convolutional feature map and ``head(f)`` maps it to logits, so
@@ -14,7 +16,9 @@ ResNet-18/34 use, and fixes what the course left implicit:
 """
 
 import math
+import pathlib
 
+import numpy as np
 import paddle
 from paddle import nn
 
@@ -144,3 +148,74 @@ class ResNet(nn.Layer):
 
     def forward(self, x):
         return self.head(self.features(x))
+
+
+def paddle_vision_name(name):
+    """The name that a parameter of the course's ResNet has in ``paddle.vision.models.ResNet``.
+
+    ``stem.conv`` / ``stem.bn`` are paddle.vision's ``conv1`` / ``bn1``; stage ``i`` is ``layer{i+1}``;
+    a block's ``conv{k}.conv`` / ``conv{k}.bn`` are its ``conv{k+1}`` / ``bn{k+1}``, its ``short``
+    projection is ``downsample.0`` (conv) / ``downsample.1`` (BN); ``fc`` is ``fc``. For example
+    ``stages.0.0.conv1.bn._mean`` -> ``layer1.0.bn2._mean``.
+    """
+    parts = name.split(".")
+    if parts[0] == "stem":  # stem.conv.weight, stem.bn.<leaf>
+        return ("conv1." if parts[1] == "conv" else "bn1.") + parts[2]
+    if parts[0] == "stages":  # stages.<stage>.<block>.<conv0|conv1|conv2|short>.<conv|bn>.<leaf>
+        stage, block, layer, kind, leaf = parts[1:]
+        prefix = f"layer{int(stage) + 1}.{block}."
+        if layer == "short":
+            return prefix + ("downsample.0." if kind == "conv" else "downsample.1.") + leaf
+        return prefix + f"{kind}{int(layer[len('conv'):]) + 1}." + leaf
+    return name  # fc.weight, fc.bias
+
+
+def load_paddle_vision_state(model, state, head=False, source="the state dict"):
+    """Copy a ``paddle.vision.models`` ResNet state dict of the same depth into ``model`` (in place).
+
+    ``head=False`` leaves the classifier (``fc``) as it is: ImageNet weights end in 1000 classes, the
+    course's head in one logit, so that head stays newly initialised. Everything else must match: a
+    missing or unexpected parameter, or one of another shape, raises ``ValueError`` naming the first
+    one (in the network's order) and what was expected. ``source`` names the state in that message.
+    """
+    wanted = {paddle_vision_name(name): (name, parameter) for name, parameter in model.state_dict().items()
+              if head or not name.startswith("fc.")}
+    what = f"{source} is not a paddle.vision ResNet-{model.layers} state"
+    for theirs, (ours, parameter) in wanted.items():
+        expected = list(parameter.shape)
+        if theirs not in state:
+            raise ValueError(f"{what}: it has no parameter {theirs!r} (expected shape {expected}, for the "
+                             f"course's {ours})")
+        shape = list(np.shape(state[theirs]))
+        if shape != expected:
+            raise ValueError(f"{what}: parameter {theirs!r} has shape {shape}, expected {expected} (the "
+                             f"course's {ours})")
+    unexpected = [name for name in state if name not in wanted and (head or not name.startswith("fc."))]
+    if unexpected:
+        raise ValueError(f"{what}: unexpected parameter {unexpected[0]!r} (a ResNet-{model.layers} has "
+                         f"none of that name)")
+    for theirs, (_, parameter) in wanted.items():
+        parameter.set_value(np.asarray(state[theirs], dtype=parameter.numpy().dtype))
+    return model
+
+
+def load_pretrained(model, path):
+    """Load the ImageNet weights of a ``paddle.vision`` ResNet from ``path`` into ``model`` (in place).
+
+    ``path`` is the state dict that ``paddle.vision.models.resnet50(pretrained=True)`` downloads
+    (``https://paddle-hapi.bj.bcebos.com/models/resnet50.pdparams``, a ``paddle.save``d dict), or the
+    same for another depth. Everything but the classifier head is copied (:func:`load_paddle_vision_state`);
+    the head keeps its fresh initialisation. A missing file raises ``FileNotFoundError``, a file that
+    is not a Paddle state dict of this ResNet ``ValueError`` naming the file and the first mismatch.
+    """
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no pretrained weights at '{path}': download resnet50.pdparams (see "
+                                "data/README.md) or leave out --pretrained")
+    try:
+        state = paddle.load(str(path))
+    except Exception as error:  # paddle.load raises several types for a file it cannot read
+        raise ValueError(f"cannot read '{path}' as a Paddle state dict: {error}") from error
+    if not isinstance(state, dict):
+        raise ValueError(f"'{path}' holds a {type(state).__name__}, not a state dict of parameters")
+    return load_paddle_vision_state(model, state, source=f"'{path}'")

@@ -23,6 +23,9 @@ One code path for the notebook, the command line and the tests. The protocol:
   are :class:`utils.config.TrainConfig`, whose fields also make the command line's flags, and whose
   defaults are the CPU recipe (``--recipe course`` gives the original course's settings).
 
+``--pretrained FILE`` starts from paddle.vision's ImageNet weights (all but the new 1-logit head) and
+switches the input normalization to ImageNet's; the config, saved in every checkpoint, records it.
+
 Loss: binary cross-entropy on one logit (``binary_cross_entropy_with_logits``, numerically stable).
 
 Multi-device: started by ``python -m paddle.distributed.launch --nproc_per_node N utils/train.py ...``
@@ -69,7 +72,7 @@ from tqdm import tqdm  # noqa: E402
 from utils import evaluation  # noqa: E402
 from utils.config import TrainConfig, add_config_flags, config_from_args, recipe_defaults  # noqa: E402
 from utils.palm import PalmDataset, load_image, make_loader  # noqa: E402
-from utils.resnet import ResNet  # noqa: E402
+from utils.resnet import ResNet, load_pretrained  # noqa: E402
 
 #: File names written into an output folder.
 LAST_CHECKPOINT = "last.pdparams"
@@ -94,9 +97,16 @@ def _paddle_seeded(seed):
 
 def build_model(config):
     """A fresh ``ResNet(config.arch, num_classes=1)`` in ``config.dtype`` whose initial weights come
-    from ``config.seed`` alone (Paddle's global random state is left as it was)."""
+    from ``config.seed`` alone (Paddle's global random state is left as it was).
+
+    With ``config.pretrained`` every layer but the head then gets the ImageNet weights of that file
+    (``utils.resnet.load_pretrained``); the head, one logit instead of ImageNet's 1000 classes, keeps
+    its seeded initialisation. Such a model expects ``config.normalization`` "imagenet" inputs.
+    """
     with _paddle_seeded(config.seed):
         model = ResNet(layers=config.arch, num_classes=1)
+    if config.pretrained:
+        load_pretrained(model, config.pretrained)
     if config.dtype != "float32":
         model.to(dtype=config.dtype)
     return model
@@ -291,7 +301,8 @@ def load_model(path):
     """Rebuild the trained model from a checkpoint; returns ``(model in eval mode, config)``."""
     checkpoint = load_checkpoint(path)
     config = TrainConfig(**checkpoint["config"])
-    model = build_model(config)
+    # The checkpoint holds every weight: the ImageNet file it started from is not needed (nor read).
+    model = build_model(dataclasses.replace(config, pretrained=None, normalization=config.normalization))
     model.set_state_dict(checkpoint["model"])
     model.eval()
     return model, config
@@ -447,13 +458,13 @@ def plot_history(history, title="ResNet training"):
 
 
 @paddle.no_grad()
-def predict(model, image_path, image_size=224):
+def predict(model, image_path, image_size=224, normalization="course"):
     """Probability that the eye in ``image_path`` has pathologic myopia (label 1), in eval mode.
 
-    ``image_size`` must be the size the model was trained at (the ``config.image_size`` that
-    :func:`load_model` returns).
+    ``image_size`` and ``normalization`` must be those the model was trained with (the
+    ``config.image_size`` and ``config.normalization`` that :func:`load_model` returns).
     """
-    image = paddle.to_tensor(load_image(image_path, image_size)[None])  # [1, 3, S, S]
+    image = paddle.to_tensor(load_image(image_path, image_size, normalization)[None])  # [1, 3, S, S]
     image = image.astype(model_dtype(model))
     with eval_mode(model):
         return float(F.sigmoid(model(image))[0, 0])
@@ -510,7 +521,7 @@ def make_datasets(root, config, cache_dir=None):
     of image (H, N, P: the first letter of its name) holds out that share as the selection set,
     served without augmentation. The test set is :func:`make_test_set`'s: build it after training.
     """
-    options = {"image_size": config.image_size, "cache_dir": cache_dir}
+    options = {"image_size": config.image_size, "cache_dir": cache_dir, "normalization": config.normalization}
     train_set = PalmDataset(root, "train", augment=config.augment, seed=config.seed, **options)
     if config.selection_fraction == 0:
         return train_set, None
@@ -523,7 +534,8 @@ def make_datasets(root, config, cache_dir=None):
 
 def make_test_set(root, config, cache_dir=None):
     """The test set: the official validation images at ``config.image_size``, never augmented."""
-    return PalmDataset(root, "valid", image_size=config.image_size, cache_dir=cache_dir)
+    return PalmDataset(root, "valid", image_size=config.image_size, cache_dir=cache_dir,
+                       normalization=config.normalization)
 
 
 def write_json(path, data):
@@ -577,6 +589,9 @@ def run(config, data_root=None, out_dir=None, cache_dir=None, resume=False, prog
     say(f"ResNet-{config.arch}, {config.image_size} px, {config.epochs} epochs, batch {config.batch_size} x "
         f"{world} process(es), {config.schedule} lr {config.lr}, {config.dtype}; {len(train_set)} training "
         f"images{held_out} ({source})")
+    if config.pretrained:
+        say(f"initialised from the ImageNet weights in {display_path(config.pretrained)} (head: new), "
+            f"{config.normalization} input normalization")
     out_dir = pathlib.Path(out_dir) if out_dir is not None else None
     history = train(model, optimizer, train_loader, config, selection_loader, schedule, out_dir,
                     resume=resume, progress=progress, log=say)["history"]
@@ -682,6 +697,8 @@ def parse_args(argv=None):
         parser.error(f"--prevalence must be between 0 and 1 (exclusive), got {args.prevalence}")
     if args.resume and args.seeds:
         parser.error("--resume continues one run: give --seed, not --seeds")
+    if args.pretrained and not pathlib.Path(args.pretrained).is_file():
+        parser.error(f"--pretrained: no file {args.pretrained} (download it first: see data/README.md)")
     if args.resume and not (pathlib.Path(args.out) / LAST_CHECKPOINT).is_file():
         parser.error(f"--resume: no {LAST_CHECKPOINT} in {args.out} to continue from (check --out)")
     return args
