@@ -12,10 +12,21 @@ from utils.exercises.batchnorm import (
     check_running_stats_answer,
     judge_array,
 )
+from utils.exercises.normalization import (
+    batch_mean_spread,
+    check_single_position_instance_norm,
+    check_spread_ratio_answer,
+    check_statistics_counts,
+)
 
 __all__ = [
     "check_batchnorm_answer",
     "check_batchnorm_gradient_answer",
     "check_running_stats_answer",
     "judge_array",
+    # lesson 03
+    "batch_mean_spread",
+    "check_single_position_instance_norm",
+    "check_spread_ratio_answer",
+    "check_statistics_counts",
 ]
