@@ -20,6 +20,12 @@ from utils.exercises.dropout import (
     check_zero_count_answer,
     judge_number,
 )
+from utils.exercises.normalization import (
+    batch_mean_spread,
+    check_single_position_instance_norm,
+    check_spread_ratio_answer,
+    check_statistics_counts,
+)
 
 __all__ = [
     "check_batchnorm_answer",
@@ -32,4 +38,8 @@ __all__ = [
     "check_zero_count_answer",
     "judge_array",
     "judge_number",
+    "batch_mean_spread",
+    "check_single_position_instance_norm",
+    "check_spread_ratio_answer",
+    "check_statistics_counts",
 ]
