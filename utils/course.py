@@ -10,6 +10,7 @@ import io
 import os
 import platform
 import random
+import re
 import subprocess
 import sys
 import warnings
@@ -18,12 +19,23 @@ import warnings
 #: generated from it by ``python -m utils.notebooks`` (change it here when you fork the course).
 GITHUB_REPO = "paddlepaddle-course/cnn-basics"
 
-#: Where AI Studio mounts a user's workspace; used to recognise that platform.
-AISTUDIO_HOME = "/home/aistudio"
+#: Environment variable that moves AI Studio's home folder (the tests point it at a temporary one).
+AISTUDIO_ENV = "COURSE_AISTUDIO_HOME"
+#: Where AI Studio mounts a user's workspace (its data sets under ``data/``); its existence marks that
+#: platform. ``$COURSE_AISTUDIO_HOME`` overrides it.
+AISTUDIO_HOME = os.environ.get(AISTUDIO_ENV) or "/home/aistudio"
+
+#: The Paddle version the stored outputs come from (requirements.txt pins it).
+PADDLE_TESTED = "3.3.1"
+#: The oldest Paddle on which every lesson's assertions hold (``python -m utils.compat``, README
+#: "Compatibility"). setup() says so in one line on an older one.
+PADDLE_MINIMUM = "3.0.0"
+#: Where the CUDA builds of Paddle are served (the CPU build comes from PyPI).
+PADDLE_GPU_INDEX = "https://www.paddlepaddle.org.cn/packages/stable/cu126/"
 
 # Import names of the packages a hosted notebook must have (requirement name -> import name).
 _HOSTED_PACKAGES = {
-    "paddlepaddle==3.3.1": "paddle",
+    f"paddlepaddle=={PADDLE_TESTED}": "paddle",
     "opencv-python": "cv2",
     "scikit-learn": "sklearn",
     "openpyxl": "openpyxl",
@@ -113,12 +125,61 @@ def import_paddle_quietly():
 
 
 def is_hosted():
-    """Name of the hosted notebook service we run on ("colab", "aistudio") or None."""
+    """Name of the hosted notebook service we run on ("colab", "aistudio") or None.
+
+    Colab sets ``COLAB_RELEASE_TAG`` in every runtime; AI Studio is recognised by its home folder
+    :data:`AISTUDIO_HOME`.
+    """
     if "google.colab" in sys.modules or os.environ.get("COLAB_RELEASE_TAG"):
         return "colab"
     if os.path.isdir(AISTUDIO_HOME):
         return "aistudio"
     return None
+
+
+def installed_paddle():
+    """``(distribution, version)`` of the installed Paddle, read without importing it, or None.
+
+    Reading the package metadata keeps this safe where ``import paddle`` itself fails (Paddle 2.6 was
+    built against NumPy 1 and does not import with NumPy 2).
+    """
+    from importlib import metadata
+
+    for distribution in ("paddlepaddle", "paddlepaddle-gpu"):
+        try:
+            return distribution, metadata.version(distribution)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def version_tuple(version):
+    """``(3, 2, 2)`` for "3.2.2" or "3.2.2.post1"; None for what is not a release number."""
+    match = re.match(r"(\d+)\.(\d+)(?:\.(\d+))?", version or "")
+    return tuple(int(part or 0) for part in match.groups()) if match else None
+
+
+def paddle_install_command(distribution="paddlepaddle", hosted=None, version=PADDLE_TESTED):
+    """The command that installs the tested Paddle: ``%pip`` inside a hosted notebook, pip elsewhere."""
+    command = f"pip install {distribution}=={version}"
+    if distribution == "paddlepaddle-gpu":
+        command += f" -i {PADDLE_GPU_INDEX}"
+    return f"%{command}" if hosted else f"python -m {command}"
+
+
+def paddle_version_problem(found, minimum=None, distribution="paddlepaddle", hosted=None):
+    """One line saying that Paddle ``found`` is older than ``minimum`` (default :data:`PADDLE_MINIMUM`)
+    and how to install the tested version, or None. On a hosted service (``hosted``) the command is the
+    notebook's ``%pip``. Development builds report version 0.0.0 and are not judged.
+    """
+    minimum = minimum or PADDLE_MINIMUM
+    have, need = version_tuple(found), version_tuple(minimum)
+    if have is None or have == (0, 0, 0) or have >= need:
+        return None
+    command = paddle_install_command(distribution, hosted)
+    where = " in a new cell, then restart the kernel" if hosted else ""
+    return (f"Paddle {found} is too old for this course (it needs Paddle {minimum} or newer, its outputs "
+            f"come from {PADDLE_TESTED}): install the tested version with `{command}`{where}.")
 
 
 def install_missing_packages(packages=None):
@@ -188,11 +249,16 @@ def setup(seed=0, device=None, quiet=False):
     """Configure the environment, import Paddle, seed everything, pick the device.
 
     Returns a dict with ``device``, ``threads``, ``seed``, ``mkl_path`` ("AVX-512", "AVX2" or None),
-    ``hosted`` and the versions, and prints one line describing them (unless ``quiet``).
+    ``hosted``, the versions and ``paddle_problem`` (the line of :func:`paddle_version_problem`, or
+    None), and prints one line describing them (unless ``quiet``), after that problem's line if any.
     """
     hosted = is_hosted()
     if hosted:
         install_missing_packages()
+    found = installed_paddle()
+    problem = found and paddle_version_problem(found[1], distribution=found[0], hosted=hosted)
+    if problem and not quiet:
+        print(problem)  # before the import: an old Paddle may fail to import with today's NumPy
     if "paddle" in sys.modules and "OMP_NUM_THREADS" not in os.environ and not quiet:
         print("Note: paddle was imported before setup(); restart the kernel for the CPU settings.")
     threads = configure_environment()
@@ -213,6 +279,7 @@ def setup(seed=0, device=None, quiet=False):
         "paddle": paddle.__version__,
         "numpy": np.__version__,
         "python": platform.python_version(),
+        "paddle_problem": problem or None,
     }
     if not quiet:
         print(describe(info))

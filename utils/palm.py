@@ -42,7 +42,7 @@ import cv2
 import numpy as np
 
 from utils import synthetic_fundus
-from utils.course import configure_environment, import_paddle_quietly, run_command
+from utils.course import AISTUDIO_HOME, configure_environment, import_paddle_quietly, run_command
 
 if __name__ == "__main__":  # a command-line run: Paddle reads its settings when it is imported
     configure_environment()
@@ -53,7 +53,7 @@ DATA_DIR = REPO_ROOT / "data"
 #: Environment variable naming a folder that holds the unpacked real data.
 DATA_ENV = "PALM_DATA"
 #: Where AI Studio mounts a project's data sets (iChallenge-PM is data set 19065 there).
-AISTUDIO_DATA = pathlib.Path("/home/aistudio/data")
+AISTUDIO_DATA = pathlib.Path(AISTUDIO_HOME) / "data"  # /home/aistudio/data unless $COURSE_AISTUDIO_HOME
 #: The three official archives as AI Studio serves them, and what each unpacks to.
 ARCHIVES = {"training.zip": "PALM-Training400", "validation.zip": "PALM-Validation400",
             "valid_gt.zip": "PALM-Validation-GT"}
