@@ -365,6 +365,13 @@ def test_compat_runs_a_notebook_to_its_end_and_reports_the_first_failing_asserti
     assert result["failed_cells"] == [2, 4], "the run goes on after a failing cell"
 
 
+def test_compat_failing_line_reads_ipythons_marker_for_one_and_two_digit_line_numbers():
+    colour = "\x1b[32m---> \x1b[39m\x1b[32m10\x1b[39m \x1b[38;5;28;01massert\x1b[39;00m v == 3\n"
+    assert compat.failing_line(["Cell In[2], line 10\n      9 x = 1\n" + colour]) == "assert v == 3"
+    assert compat.failing_line(["----> 9 check(x)"]) == "check(x)"
+    assert compat.failing_line(["no marker here"]) == ""
+
+
 def test_compat_table_lists_each_lesson_and_explains_failures_once():
     results = {
         "py3.12-paddle3.3.1": {"python": "3.12", "paddle": "3.3.1", "install": "ok", "notebooks": {
@@ -379,14 +386,27 @@ def test_compat_table_lists_each_lesson_and_explains_failures_once():
     table = compat.matrix_table(results, [pathlib.Path("00_a.ipynb"), pathlib.Path("01_b.ipynb")])
     lines = table.splitlines()
     assert lines[0] == ("| Lesson | Paddle 2.6.2, Python 3.11 | Paddle 3.0.0, Python 3.11 | "
-                        "Paddle 3.3.1, Python 3.12 |")
-    assert lines[2] == "| 00_a | **failed** (1) | **failed** (2) | passed |"
-    assert lines[3] == "| 01_b | **failed** (1) | **failed** (3) | passed |"
+                        "Paddle 3.3.1, Python 3.12 | passes from |")
+    assert lines[2] == "| 00_a | **failed** (1) | **failed** (2) | passed | Paddle 3.3.1 |"
+    assert lines[3] == "| 01_b | **failed** (1) | **failed** (3) | passed | Paddle 3.3.1 |"
     assert lines[5:] == ["(1) cannot be installed: no wheel  ",
                          "(2) cell 2 `assert v == 3`: AssertionError  ",
                          "(3) cell 2 `assert v == 3`: AssertionError (then cell 5 too)"]
     text = f"a\n{compat.README_START}\nold\n{compat.README_END}\nb"
     assert compat.render_readme(text, "NEW") == f"a\n{compat.README_START}\nNEW\n{compat.README_END}\nb"
+
+
+def test_compat_oldest_passing_paddle_needs_every_newer_one_and_every_python_to_pass():
+    def env(paddle, python, status):
+        return {"paddle": paddle, "python": python, "notebooks": {"a.ipynb": {"status": status}}}
+
+    results = {"1": env("3.0.0", "3.11", "passed"), "2": env("3.2.2", "3.11", "failed"),
+               "3": env("3.3.1", "3.11", "passed"), "4": env("3.3.1", "3.12", "passed")}
+    assert compat.oldest_passing(results, "a.ipynb") == "3.3.1", "3.0.0 passing does not skip 3.2.2"
+    results["2"] = env("3.2.2", "3.11", "passed")
+    assert compat.oldest_passing(results, "a.ipynb") == "3.0.0"
+    results["4"] = env("3.3.1", "3.12", "failed")
+    assert compat.oldest_passing(results, "a.ipynb") is None
 
 
 def test_compat_digest_follows_the_code_cells_and_the_library(tmp_path):
@@ -399,5 +419,6 @@ def test_compat_digest_follows_the_code_cells_and_the_library(tmp_path):
     nb.cells[0].outputs = [nbformat.v4.new_output("stream", text="1\n")]
     nbformat.write(nb, path)
     assert compat.digest(path, tmp_path) == first, "outputs do not count"
+    assert compat.digest(path, tmp_path, ["paddlepaddle==3.0.0"]) != first, "the environment's packages do"
     (tmp_path / "utils" / "m.py").write_text("A = 2\n")
     assert compat.digest(path, tmp_path) != first

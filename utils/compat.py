@@ -80,7 +80,8 @@ def install_spec(paddle, requirements):
 def build_env(env_dir, python, paddle, requirements, log=print):
     """Create (or reuse) the environment; returns ``(python_path, None)`` or ``(None, why_it_failed)``.
 
-    An environment is reused when its record says it holds exactly ``install_spec(...)``.
+    An environment is reused as it is when its record says it holds exactly ``install_spec(...)``;
+    an existing one with other pins gets them installed over its packages (quicker than a new one).
     """
     env_dir = pathlib.Path(env_dir)
     interpreter = env_dir / "bin" / "python"
@@ -89,8 +90,10 @@ def build_env(env_dir, python, paddle, requirements, log=print):
     if record_path.is_file() and json.loads(record_path.read_text()).get("spec") == spec:
         return interpreter, None
     log(f"building {env_dir} (Python {python}, Paddle {paddle}) ...")
-    shutil.rmtree(env_dir, ignore_errors=True)
-    subprocess.run([find_python(python), "-m", "venv", str(env_dir)], check=True)
+    if not interpreter.is_file():
+        shutil.rmtree(env_dir, ignore_errors=True)
+        subprocess.run([find_python(python), "-m", "venv", str(env_dir)], check=True)
+    record_path.unlink(missing_ok=True)
     done = subprocess.run([str(interpreter), "-m", "pip", "install", "-q", "--disable-pip-version-check",
                            *spec], capture_output=True, text=True)
     if done.returncode != 0:
@@ -101,26 +104,30 @@ def build_env(env_dir, python, paddle, requirements, log=print):
     return interpreter, None
 
 
-def digest(notebook, root=ROOT):
-    """A hash of what a notebook's run depends on: its code cells and the library (``utils/**.py``)."""
-    import_free = hashlib.sha256()
+def digest(notebook, root=ROOT, packages=()):
+    """A hash of what a notebook's run depends on: its code cells, the library (``utils/**.py``, this
+    tool aside) and the environment's ``packages``."""
+    hashed = hashlib.sha256(" ".join(packages).encode())
     cells = json.loads(pathlib.Path(notebook).read_text())["cells"]
     for cell in cells:
         if cell["cell_type"] == "code":
-            import_free.update("".join(cell["source"]).encode())
+            hashed.update("".join(cell["source"]).encode())
     for path in sorted(pathlib.Path(root, "utils").rglob("*.py")):
-        import_free.update(path.relative_to(root).as_posix().encode() + path.read_bytes())
-    return import_free.hexdigest()[:16]
+        if path.name == "compat.py":
+            continue
+        hashed.update(path.relative_to(root).as_posix().encode() + path.read_bytes())
+    return hashed.hexdigest()[:16]
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def failing_line(traceback_lines):
-    """The cell's own line that raised (IPython marks it ``---->``), without colour codes."""
+    """The cell's own line that raised (IPython marks it ``----> 9`` or ``---> 10``), without colour."""
     for line in _ANSI.sub("", "\n".join(traceback_lines)).splitlines():
-        if line.lstrip().startswith("---->"):
-            return re.sub(r"^\s*---->\s*\d+\s*", "", line).strip()
+        marked = re.match(r"^\s*-+>\s*\d+\s(.*)$", line)
+        if marked:
+            return marked.group(1).strip()
     return ""
 
 
@@ -220,7 +227,7 @@ def run_matrix(pythons, paddles, notebooks, folder, changed_only=False, log=prin
                 log(f"{name}: cannot be installed: {why}")
                 continue
             for notebook in notebooks:
-                key, stamp = notebook.name, digest(notebook)
+                key, stamp = notebook.name, digest(notebook, packages=install_spec(paddle, requirements))
                 old = entry["notebooks"].get(key)
                 if changed_only and old and old.get("digest") == stamp:
                     continue
@@ -237,12 +244,31 @@ def _version_key(version):
     return tuple(int(part) for part in re.findall(r"\d+", version))
 
 
+def oldest_passing(results, notebook_name):
+    """The oldest Paddle from which on the lesson passed on every environment tested (every Python and
+    every newer Paddle too), or None where it fails on the newest."""
+    by_paddle = {}
+    for entry in results.values():
+        outcome = entry["notebooks"].get(notebook_name)
+        installed = entry.get("install", "ok") == "ok"
+        if installed and outcome is None:  # not run there: no evidence either way
+            continue
+        by_paddle.setdefault(entry["paddle"], []).append(installed and outcome["status"] == "passed")
+    oldest = None
+    for paddle in sorted(by_paddle, key=_version_key, reverse=True):
+        if not all(by_paddle[paddle]):
+            break
+        oldest = paddle
+    return oldest
+
+
 def matrix_table(results, notebooks):
     """Markdown: one row per lesson, one column per environment, failures explained below the table."""
     names = sorted(results, key=lambda n: (_version_key(results[n]["paddle"]),
                                            _version_key(results[n]["python"])))
-    header = ["Lesson", *(f"Paddle {results[n]['paddle']}, Python {results[n]['python']}" for n in names)]
-    rows = ["| " + " | ".join(header) + " |", "|---" + "|:---:" * len(names) + "|"]
+    header = ["Lesson", *(f"Paddle {results[n]['paddle']}, Python {results[n]['python']}" for n in names),
+              "passes from"]
+    rows = ["| " + " | ".join(header) + " |", "|---" + "|:---:" * (len(names) + 1) + "|"]
     notes = {}
     for notebook in notebooks:
         cells = []
@@ -259,13 +285,18 @@ def matrix_table(results, notebooks):
                 continue
             else:
                 where = f"cell {outcome['cell']}" if outcome.get("cell") else "start"
-                line = f" `{outcome['line']}`" if outcome.get("line") else ""
-                text = f"{where}{line}: {outcome['error']}"
+                line, error = outcome.get("line", ""), outcome["error"]
+                name, _, message = error.partition(": ")
+                if message and message in line:  # the assertion's message is in its line already
+                    error = name
+                text = f"{where}{f' `{line}`' if line else ''}: {error}"
                 later = [str(n) for n in outcome.get("failed_cells", []) if n != outcome.get("cell")]
                 if later:
                     text += f" (then cell{'s' * (len(later) > 1)} {', '.join(later)} too)"
             mark = notes.setdefault(text, len(notes) + 1)
             cells.append(f"**failed** ({mark})")
+        oldest = oldest_passing(results, notebook.name)
+        cells.append(f"Paddle {oldest}" if oldest else "-")
         rows.append(f"| {notebook.stem} | " + " | ".join(cells) + " |")
     lines = rows + [""] + [f"({mark}) {text.replace('|', '/')}  " for text, mark in notes.items()]
     return "\n".join(lines).rstrip()
