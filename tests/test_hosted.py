@@ -105,9 +105,9 @@ class FakeGitHub:
         _git("clone", "-q", "--bare", str(repo_dir), str(target), cwd=repo_dir)
 
     def environment(self, **marker):
+        dropped = ("PYTHONPATH", "PALM_DATA", "COLAB_RELEASE_TAG", "JPY_SESSION_NAME", course.AISTUDIO_ENV)
         env = {key: value for key, value in os.environ.items()
-               if key not in ("PYTHONPATH", "PALM_DATA", "COLAB_RELEASE_TAG", course.AISTUDIO_ENV)
-               and not key.startswith("GIT_")}
+               if key not in dropped and not key.startswith("GIT_")}
         return {**env, "HOME": str(self.home), "XDG_CONFIG_HOME": str(self.home / ".config"),
                 "GIT_CONFIG_NOSYSTEM": "1", "GIT_TERMINAL_PROMPT": "0",
                 "PIP_NO_INDEX": "1",  # a package install attempted here must fail, not reach the network
@@ -248,9 +248,13 @@ def test_set_repo_refuses_what_is_not_owner_slash_name(tmp_path):
 # Versions: the one-line message on a Paddle the course does not run on
 
 
-def test_the_oldest_supported_paddle_is_not_newer_than_the_tested_one():
-    assert course.version_tuple(course.PADDLE_MINIMUM) <= course.version_tuple(course.PADDLE_TESTED)
+def test_the_measured_versions_are_releases_not_newer_than_the_tested_one():
     assert f"paddlepaddle=={course.PADDLE_TESTED}" in (ROOT / "requirements.txt").read_text().splitlines()
+    with open(course.PADDLE_VERSIONS_FILE) as f:
+        lessons = json.load(f)["lessons"]
+    assert lessons, "utils/paddle_versions.json lists the lessons (python -m utils.compat --write)"
+    for version in filter(None, lessons.values()):
+        assert course.version_tuple(version) <= course.version_tuple(course.PADDLE_TESTED)
 
 
 @pytest.mark.parametrize(("version", "expected"), [("3.2.2", (3, 2, 2)), ("2.6.2.post1", (2, 6, 2)),
@@ -259,48 +263,76 @@ def test_version_tuple(version, expected):
     assert course.version_tuple(version) == expected
 
 
+def _versions_file(tmp_path):
+    path = tmp_path / "paddle_versions.json"
+    path.write_text(json.dumps({"lessons": {"01_old": "2.6.2", "04_new": "3.2.2", "09_broken": None}}))
+    return path
+
+
+def test_paddle_needed_per_lesson_else_the_newest_any_lesson_needs(tmp_path):
+    path = _versions_file(tmp_path)
+    assert course.paddle_needed("04_new", path) == ("3.2.2", "lesson 04_new")
+    assert course.paddle_needed("01_old", path) == ("2.6.2", "lesson 01_old")
+    assert course.paddle_needed("09_broken", path) == (course.PADDLE_TESTED, "lesson 09_broken")
+    assert course.paddle_needed(None, path) == (course.PADDLE_TESTED, "this course")
+    path.write_text(json.dumps({"lessons": {"01_old": "2.6.2", "04_new": "3.2.2"}}))
+    assert course.paddle_needed("07_unknown", path) == ("3.2.2", "this course")
+    assert course.paddle_needed(None, tmp_path / "missing.json") == (course.PADDLE_TESTED, "this course")
+
+
+def test_current_lesson_is_the_notebook_jupyter_names(monkeypatch):
+    monkeypatch.setenv("JPY_SESSION_NAME", "/home/aistudio/work/cnn-basics/notebooks/04_dropout.ipynb")
+    assert course.current_lesson() == "04_dropout"
+    monkeypatch.setenv("JPY_SESSION_NAME", "")
+    assert course.current_lesson() is None
+
+
 def test_an_old_paddle_gets_one_line_with_found_needed_and_the_install_command():
-    line = course.paddle_version_problem("2.6.2", minimum="3.0.0")
-    assert "\n" not in line
-    assert "Paddle 2.6.2 is too old" in line and "Paddle 3.0.0 or newer" in line
-    assert f"`python -m pip install paddlepaddle=={course.PADDLE_TESTED}`" in line
-    hosted = course.paddle_version_problem("2.6.2", minimum="3.0.0", hosted="aistudio")
     pinned = f"paddlepaddle=={course.PADDLE_TESTED}"
-    assert f"`%pip install {pinned}` in a new cell, then restart the kernel" in hosted
+    line = course.paddle_version_problem("2.6.2", "3.2.2", what="lesson 04_dropout")
+    assert "\n" not in line
+    assert line.startswith("Paddle 2.6.2 is too old for lesson 04_dropout (it needs Paddle 3.2.2 or newer")
+    assert line.endswith(f"install the tested version with `python -m pip install {pinned}`.")
+    hosted = course.paddle_version_problem("2.6.2", "3.0.0", hosted="aistudio")
+    assert hosted.endswith(f"`%pip install {pinned}` in a new cell, then restart the kernel.")
     gpu = course.paddle_version_problem("2.6.2", "3.0.0", distribution="paddlepaddle-gpu", hosted="colab")
-    assert f"%pip install paddlepaddle-gpu=={course.PADDLE_TESTED} -i {course.PADDLE_GPU_INDEX}" in gpu
+    assert f"`%pip install paddlepaddle-gpu=={course.PADDLE_TESTED} -i {course.PADDLE_GPU_INDEX}`" in gpu
     for fine in ["3.0.0", "3.3.1", "3.4.0", "0.0.0", "develop"]:  # 0.0.0: a development build
-        assert course.paddle_version_problem(fine, minimum="3.0.0") is None
+        assert course.paddle_version_problem(fine, "3.0.0") is None
 
 
-def test_setup_prints_the_version_problem_above_its_line(monkeypatch, capsys):
+def test_setup_prints_the_version_problem_above_its_line(monkeypatch, capsys, tmp_path):
     monkeypatch.setattr(course, "installed_paddle", lambda: ("paddlepaddle", "2.6.2"))
-    monkeypatch.setattr(course, "PADDLE_MINIMUM", "3.0.0")
+    monkeypatch.setattr(course, "PADDLE_VERSIONS_FILE", str(_versions_file(tmp_path)))
+    monkeypatch.setenv("JPY_SESSION_NAME", str(tmp_path / "04_new.ipynb"))
     info = course.setup(seed=0)
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 2
-    assert lines[0] == course.paddle_version_problem("2.6.2", minimum="3.0.0") == info["paddle_problem"]
-    assert lines[1] == course.describe(info)
-    monkeypatch.setattr(course, "installed_paddle", lambda: ("paddlepaddle", course.PADDLE_TESTED))
-    assert course.setup(seed=0)["paddle_problem"] is None
+    assert lines[0] == course.paddle_version_problem("2.6.2", "3.2.2", what="lesson 04_new")
+    assert lines[0] == info["paddle_problem"] and lines[1] == course.describe(info)
+    monkeypatch.setenv("JPY_SESSION_NAME", str(tmp_path / "01_old.ipynb"))
+    assert course.setup(seed=0)["paddle_problem"] is None, "lesson 01_old passes on 2.6.2"
     assert len(capsys.readouterr().out.strip().splitlines()) == 1
 
 
 def test_on_aistudio_an_old_preinstalled_paddle_is_named_and_the_pinned_install_offered(tmp_path):
-    """A fresh process whose installed Paddle says 2.6.2 (its metadata first on the path) on AI Studio."""
+    """A fresh process on AI Studio in lesson 04_new, whose installed Paddle says 2.6.2 (its metadata
+    comes first on the path)."""
     old = tmp_path / "site" / "paddlepaddle-2.6.2.dist-info"
     old.mkdir(parents=True)
     (old / "METADATA").write_text("Metadata-Version: 2.1\nName: paddlepaddle\nVersion: 2.6.2\n")
     (tmp_path / "aistudio").mkdir()
     env = {key: value for key, value in os.environ.items() if key != "COLAB_RELEASE_TAG"}
     env.update(PYTHONPATH=f"{old.parent}{os.pathsep}{ROOT}", PIP_NO_INDEX="1",
+               JPY_SESSION_NAME=str(tmp_path / "aistudio" / "04_new.ipynb"),
                **{course.AISTUDIO_ENV: str(tmp_path / "aistudio")})
-    code = "from utils.course import setup; setup(seed=0)"
-    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          check=True)
+    code = ("import sys; from utils import course; course.PADDLE_VERSIONS_FILE = sys.argv[1]; "
+            "course.setup(seed=0)")
+    done = subprocess.run([sys.executable, "-c", code, str(_versions_file(tmp_path))], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, check=True)
     lines = done.stdout.strip().splitlines()
     assert len(lines) == 2 and lines[1].startswith("Paddle ")
-    assert lines[0].startswith("Paddle 2.6.2 is too old for this course")
+    assert lines[0].startswith("Paddle 2.6.2 is too old for lesson 04_new (it needs Paddle 3.2.2 or newer")
     pinned = f"paddlepaddle=={course.PADDLE_TESTED}"
     assert lines[0].endswith(f"`%pip install {pinned}` in a new cell, then restart the kernel.")
 

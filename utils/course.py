@@ -7,6 +7,7 @@ sets environment variables first, and only then is ``paddle`` imported.
 
 import contextlib
 import io
+import json
 import os
 import platform
 import random
@@ -27,9 +28,10 @@ AISTUDIO_HOME = os.environ.get(AISTUDIO_ENV) or "/home/aistudio"
 
 #: The Paddle version the stored outputs come from (requirements.txt pins it).
 PADDLE_TESTED = "3.3.1"
-#: The oldest Paddle on which every lesson's assertions hold (``python -m utils.compat``, README
-#: "Compatibility"). setup() says so in one line on an older one.
-PADDLE_MINIMUM = "3.0.0"
+#: Per lesson, the oldest Paddle on which its assertions held in the compatibility matrix, written by
+#: ``python -m utils.compat --write`` (README "Compatibility"). setup() says so in one line on an
+#: older Paddle.
+PADDLE_VERSIONS_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "paddle_versions.json")
 #: Where the CUDA builds of Paddle are served (the CPU build comes from PyPI).
 PADDLE_GPU_INDEX = "https://www.paddlepaddle.org.cn/packages/stable/cu126/"
 
@@ -167,19 +169,49 @@ def paddle_install_command(distribution="paddlepaddle", hosted=None, version=PAD
     return f"%{command}" if hosted else f"python -m {command}"
 
 
-def paddle_version_problem(found, minimum=None, distribution="paddlepaddle", hosted=None):
-    """One line saying that Paddle ``found`` is older than ``minimum`` (default :data:`PADDLE_MINIMUM`)
-    and how to install the tested version, or None. On a hosted service (``hosted``) the command is the
-    notebook's ``%pip``. Development builds report version 0.0.0 and are not judged.
+def current_lesson():
+    """The running notebook's name without ``.ipynb`` ("04_dropout"), where the front end tells it, or None.
+
+    Jupyter Server (2.0 and later: JupyterLab, Notebook 7, AI Studio) gives its kernels the notebook's
+    path in ``JPY_SESSION_NAME``; VS Code sets ``__vsc_ipynb_file__``. Colab and nbclient say nothing.
     """
-    minimum = minimum or PADDLE_MINIMUM
+    path = os.environ.get("JPY_SESSION_NAME", "")
+    if not path.endswith(".ipynb") and "IPython" in sys.modules:
+        shell = sys.modules["IPython"].get_ipython()
+        path = str((shell.user_ns if shell else {}).get("__vsc_ipynb_file__", ""))
+    name = os.path.basename(path)
+    return name[: -len(".ipynb")] if name.endswith(".ipynb") else None
+
+
+def paddle_needed(lesson=None, path=None):
+    """``(version, what)``: the oldest Paddle ``lesson`` passed on in the compatibility matrix and
+    "lesson NAME", or, for an unknown lesson, the newest of those over all lessons and "this course".
+
+    A lesson that failed even on the newest Paddle tested counts as needing :data:`PADDLE_TESTED`.
+    """
+    try:
+        with open(path or PADDLE_VERSIONS_FILE) as f:
+            lessons = json.load(f)["lessons"]
+    except (OSError, ValueError, KeyError):
+        return PADDLE_TESTED, "this course"
+    lessons = {name: version or PADDLE_TESTED for name, version in lessons.items()}
+    if lesson in lessons:
+        return lessons[lesson], f"lesson {lesson}"
+    return max(lessons.values(), key=version_tuple, default=PADDLE_TESTED), "this course"
+
+
+def paddle_version_problem(found, minimum, distribution="paddlepaddle", hosted=None, what="this course"):
+    """One line saying that Paddle ``found`` is older than ``minimum``, which ``what`` needs, and how to
+    install the tested version; None where it is not older. On a hosted service (``hosted``) the
+    command is the notebook's ``%pip``. Development builds report version 0.0.0 and are not judged.
+    """
     have, need = version_tuple(found), version_tuple(minimum)
-    if have is None or have == (0, 0, 0) or have >= need:
+    if have is None or need is None or have == (0, 0, 0) or have >= need:
         return None
     command = paddle_install_command(distribution, hosted)
     where = " in a new cell, then restart the kernel" if hosted else ""
-    return (f"Paddle {found} is too old for this course (it needs Paddle {minimum} or newer, its outputs "
-            f"come from {PADDLE_TESTED}): install the tested version with `{command}`{where}.")
+    return (f"Paddle {found} is too old for {what} (it needs Paddle {minimum} or newer; the outputs come "
+            f"from {PADDLE_TESTED}): install the tested version with `{command}`{where}.")
 
 
 def install_missing_packages(packages=None):
@@ -256,7 +288,8 @@ def setup(seed=0, device=None, quiet=False):
     if hosted:
         install_missing_packages()
     found = installed_paddle()
-    problem = found and paddle_version_problem(found[1], distribution=found[0], hosted=hosted)
+    needed, what = paddle_needed(current_lesson())
+    problem = found and paddle_version_problem(found[1], needed, found[0], hosted, what)
     if problem and not quiet:
         print(problem)  # before the import: an old Paddle may fail to import with today's NumPy
     if "paddle" in sys.modules and "OMP_NUM_THREADS" not in os.environ and not quiet:
