@@ -64,7 +64,7 @@ def first_code_cell(path):
 def _git(*args, cwd):
     who = {"GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@example.com",
            "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@example.com"}
-    env = {**os.environ, **who, "GIT_CONFIG_NOSYSTEM": "1"}
+    env = {**os.environ, **who, "GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": os.devnull}
     return subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True, text=True).stdout
 
 
@@ -116,6 +116,8 @@ class FakeGitHub:
 
 @pytest.fixture(scope="module")
 def github(tmp_path_factory):
+    if shutil.which("git") is None or subprocess.run(["git", "-C", str(ROOT), "rev-parse"]).returncode:
+        pytest.skip("needs git and a git work tree (the course's clone)")
     folder = tmp_path_factory.mktemp("hosted")
     fake = FakeGitHub(folder)
     snapshot = folder / "snapshot"
@@ -454,3 +456,9 @@ def test_compat_digest_follows_the_code_cells_and_the_library(tmp_path):
     assert compat.digest(path, tmp_path, ["paddlepaddle==3.0.0"]) != first, "the environment's packages do"
     (tmp_path / "utils" / "m.py").write_text("A = 2\n")
     assert compat.digest(path, tmp_path) != first
+
+
+def test_compat_refuses_a_notebook_taken_for_a_version(capsys):
+    with pytest.raises(SystemExit):
+        compat.main(["--paddle", "3.0.0", "notebooks/00_start_here.ipynb", "--table"])
+    assert "is not a version number (give notebooks before --paddle/--python" in capsys.readouterr().err
