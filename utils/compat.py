@@ -74,8 +74,14 @@ def requirements_without_paddle(path=ROOT / "requirements.txt"):
             and not re.match(r"paddlepaddle(-gpu)?\b", line)]
 
 
+#: Installed into every environment besides the pins. ``import paddle`` imports setuptools; Paddle 3.3
+#: declares it for Python 3.12, older releases do not, and Python 3.12's venv no longer ships it (3.11's
+#: does, as do Colab and AI Studio): without it Paddle 3.0.0 and 2.6.2 do not import on Python 3.12.
+BASE_PACKAGES = ("setuptools",)
+
+
 def install_spec(paddle, requirements):
-    return [f"paddlepaddle=={paddle}", *requirements]
+    return [f"paddlepaddle=={paddle}", *requirements, *BASE_PACKAGES]
 
 
 def build_env(env_dir, python, paddle, requirements, log=print):
@@ -297,7 +303,9 @@ def matrix_table(results, notebooks):
                     error = name
                 text = f"{where}{f' `{line}`' if line else ''}: {error}"
                 later = [str(n) for n in outcome.get("failed_cells", []) if n != outcome.get("cell")]
-                if later:
+                if len(later) > 3:
+                    text += f" (then {len(later)} more cells)"
+                elif later:
                     text += f" (then cell{'s' * (len(later) > 1)} {', '.join(later)} too)"
             mark = notes.setdefault(text, len(notes) + 1)
             cells.append(f"**failed** ({mark})")

@@ -142,8 +142,8 @@ def is_hosted():
 def installed_paddle():
     """``(distribution, version)`` of the installed Paddle, read without importing it, or None.
 
-    Reading the package metadata keeps this safe where ``import paddle`` itself fails (Paddle 2.6 was
-    built against NumPy 1 and does not import with NumPy 2).
+    Reading the package metadata lets setup() name the version before the import, so the reader
+    sees it even where importing an old or broken Paddle fails.
     """
     from importlib import metadata
 
@@ -291,7 +291,7 @@ def setup(seed=0, device=None, quiet=False):
     needed, what = paddle_needed(current_lesson())
     problem = found and paddle_version_problem(found[1], needed, found[0], hosted, what)
     if problem and not quiet:
-        print(problem)  # before the import: an old Paddle may fail to import with today's NumPy
+        print(problem)  # before the import, which may fail on such a Paddle
     if "paddle" in sys.modules and "OMP_NUM_THREADS" not in os.environ and not quiet:
         print("Note: paddle was imported before setup(); restart the kernel for the CPU settings.")
     threads = configure_environment()
