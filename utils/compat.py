@@ -219,32 +219,44 @@ def save_entry(folder, name, entry):
 
 
 def run_matrix(pythons, paddles, notebooks, folder, changed_only=False, log=print):
-    """Build and run; returns the updated results ``{env name: {...}}`` (saved after each notebook)."""
+    """Build and run; returns the updated results ``{env name: {...}}`` (saved after each notebook).
+
+    Each environment is locked while it is built and used: a second run of this tool waits for it.
+    """
+    import fcntl
+
     folder = pathlib.Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     requirements = requirements_without_paddle()
     for python in pythons:
         for paddle in paddles:
             name = env_name(python, paddle)
-            entry = load_results(folder).get(name) or {"python": python, "paddle": paddle, "notebooks": {}}
-            interpreter, why = build_env(folder / name, python, paddle, requirements, log)
-            entry["install"] = why or "ok"
-            save_entry(folder, name, entry)
-            if why:
-                log(f"{name}: cannot be installed: {why}")
-                continue
-            for notebook in notebooks:
-                key, stamp = notebook.name, digest(notebook, packages=install_spec(paddle, requirements))
-                old = entry["notebooks"].get(key)
-                if changed_only and old and old.get("digest") == stamp:
-                    continue
-                outcome = run_in_env(interpreter, notebook)
-                outcome.update(digest=stamp, date=datetime.date.today().isoformat())
-                entry["notebooks"][key] = outcome
-                why = f"cell {outcome['cell']}: {outcome['error']}" if outcome["status"] != "passed" else ""
-                log(f"{name}  {key:<34} {outcome['status']:<7} {outcome['seconds']:6.0f} s  {why}")
-                save_entry(folder, name, entry)
+            with open(folder / f".{name}.lock", "w") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                run_env(folder, name, python, paddle, requirements, notebooks, changed_only, log)
     return load_results(folder)
+
+
+def run_env(folder, name, python, paddle, requirements, notebooks, changed_only=False, log=print):
+    """Build (or reuse) one environment and run the notebooks there, saving after each."""
+    entry = load_results(folder).get(name) or {"python": python, "paddle": paddle, "notebooks": {}}
+    interpreter, why = build_env(folder / name, python, paddle, requirements, log)
+    entry["install"] = why or "ok"
+    save_entry(folder, name, entry)
+    if why:
+        log(f"{name}: cannot be installed: {why}")
+        return
+    for notebook in notebooks:
+        key, stamp = notebook.name, digest(notebook, packages=install_spec(paddle, requirements))
+        old = entry["notebooks"].get(key)
+        if changed_only and old and old.get("digest") == stamp:
+            continue
+        outcome = run_in_env(interpreter, notebook)
+        outcome.update(digest=stamp, date=datetime.date.today().isoformat())
+        entry["notebooks"][key] = outcome
+        why = f"cell {outcome['cell']}: {outcome['error']}" if outcome["status"] != "passed" else ""
+        log(f"{name}  {key:<34} {outcome['status']:<7} {outcome['seconds']:6.0f} s  {why}")
+        save_entry(folder, name, entry)
 
 
 def _version_key(version):
@@ -303,8 +315,8 @@ def matrix_table(results, notebooks):
                     error = name
                 text = f"{where}{f' `{line}`' if line else ''}: {error}"
                 later = [str(n) for n in outcome.get("failed_cells", []) if n != outcome.get("cell")]
-                if len(later) > 3:
-                    text += f" (then {len(later)} more cells)"
+                if len(later) > 3:  # no count: one cause stays one note
+                    text += " (and most later cells)"
                 elif later:
                     text += f" (then cell{'s' * (len(later) > 1)} {', '.join(later)} too)"
             mark = notes.setdefault(text, len(notes) + 1)
