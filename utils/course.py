@@ -7,10 +7,12 @@ sets environment variables first, and only then is ``paddle`` imported.
 
 import contextlib
 import io
+import json
 import os
 import pathlib
 import platform
 import random
+import re
 import secrets
 import shutil
 import subprocess
@@ -21,12 +23,24 @@ import warnings
 #: generated from it by ``python -m utils.notebooks`` (change it here when you fork the course).
 GITHUB_REPO = "paddlepaddle-course/cnn-basics"
 
-#: Where AI Studio mounts a user's workspace; used to recognise that platform.
-AISTUDIO_HOME = "/home/aistudio"
+#: Environment variable that moves AI Studio's home folder (the tests point it at a temporary one).
+AISTUDIO_ENV = "COURSE_AISTUDIO_HOME"
+#: Where AI Studio mounts a user's workspace (its data sets under ``data/``); its existence marks that
+#: platform. ``$COURSE_AISTUDIO_HOME`` overrides it.
+AISTUDIO_HOME = os.environ.get(AISTUDIO_ENV) or "/home/aistudio"
+
+#: The Paddle version the stored outputs come from (requirements.txt pins it).
+PADDLE_TESTED = "3.3.1"
+#: Per lesson, the oldest Paddle on which its assertions held in the compatibility matrix, written by
+#: ``python -m utils.compat --write`` (README "Compatibility"). setup() says so in one line on an
+#: older Paddle.
+PADDLE_VERSIONS_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "paddle_versions.json")
+#: Where the CUDA builds of Paddle are served (the CPU build comes from PyPI).
+PADDLE_GPU_INDEX = "https://www.paddlepaddle.org.cn/packages/stable/cu126/"
 
 # Import names of the packages a hosted notebook must have (requirement name -> import name).
 _HOSTED_PACKAGES = {
-    "paddlepaddle==3.3.1": "paddle",
+    f"paddlepaddle=={PADDLE_TESTED}": "paddle",
     "opencv-python": "cv2",
     "scikit-learn": "sklearn",
     "openpyxl": "openpyxl",
@@ -120,12 +134,91 @@ def import_paddle_quietly():
 
 
 def is_hosted():
-    """Name of the hosted notebook service we run on ("colab", "aistudio") or None."""
+    """Name of the hosted notebook service we run on ("colab", "aistudio") or None.
+
+    Colab sets ``COLAB_RELEASE_TAG`` in every runtime; AI Studio is recognised by its home folder
+    :data:`AISTUDIO_HOME`.
+    """
     if "google.colab" in sys.modules or os.environ.get("COLAB_RELEASE_TAG"):
         return "colab"
     if os.path.isdir(AISTUDIO_HOME):
         return "aistudio"
     return None
+
+
+def installed_paddle():
+    """``(distribution, version)`` of the installed Paddle, read without importing it, or None.
+
+    Reading the package metadata lets setup() name the version before the import, so the reader
+    sees it even where importing an old or broken Paddle fails.
+    """
+    from importlib import metadata
+
+    for distribution in ("paddlepaddle", "paddlepaddle-gpu"):
+        try:
+            return distribution, metadata.version(distribution)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def version_tuple(version):
+    """``(3, 2, 2)`` for "3.2.2" or "3.2.2.post1"; None for what is not a release number."""
+    match = re.match(r"(\d+)\.(\d+)(?:\.(\d+))?", version or "")
+    return tuple(int(part or 0) for part in match.groups()) if match else None
+
+
+def paddle_install_command(distribution="paddlepaddle", hosted=None, version=PADDLE_TESTED):
+    """The command that installs the tested Paddle: ``%pip`` inside a hosted notebook, pip elsewhere."""
+    command = f"pip install {distribution}=={version}"
+    if distribution == "paddlepaddle-gpu":
+        command += f" -i {PADDLE_GPU_INDEX}"
+    return f"%{command}" if hosted else f"python -m {command}"
+
+
+def current_lesson():
+    """The running notebook's name without ``.ipynb`` ("04_dropout"), where the front end tells it, or None.
+
+    Jupyter Server (2.0 and later: JupyterLab, Notebook 7, AI Studio) gives its kernels the notebook's
+    path in ``JPY_SESSION_NAME``; VS Code sets ``__vsc_ipynb_file__``. Colab and nbclient say nothing.
+    """
+    path = os.environ.get("JPY_SESSION_NAME", "")
+    if not path.endswith(".ipynb") and "IPython" in sys.modules:
+        shell = sys.modules["IPython"].get_ipython()
+        path = str((shell.user_ns if shell else {}).get("__vsc_ipynb_file__", ""))
+    name = os.path.basename(path)
+    return name[: -len(".ipynb")] if name.endswith(".ipynb") else None
+
+
+def paddle_needed(lesson=None, path=None):
+    """``(version, what)``: the oldest Paddle ``lesson`` passed on in the compatibility matrix and
+    "lesson NAME", or, for an unknown lesson, the newest of those over all lessons and "this course".
+
+    A lesson that failed even on the newest Paddle tested counts as needing :data:`PADDLE_TESTED`.
+    """
+    try:
+        with open(path or PADDLE_VERSIONS_FILE) as f:
+            lessons = json.load(f)["lessons"]
+    except (OSError, ValueError, KeyError):
+        return PADDLE_TESTED, "this course"
+    lessons = {name: version or PADDLE_TESTED for name, version in lessons.items()}
+    if lesson in lessons:
+        return lessons[lesson], f"lesson {lesson}"
+    return max(lessons.values(), key=version_tuple, default=PADDLE_TESTED), "this course"
+
+
+def paddle_version_problem(found, minimum, distribution="paddlepaddle", hosted=None, what="this course"):
+    """One line saying that Paddle ``found`` is older than ``minimum``, which ``what`` needs, and how to
+    install the tested version; None where it is not older. On a hosted service (``hosted``) the
+    command is the notebook's ``%pip``. Development builds report version 0.0.0 and are not judged.
+    """
+    have, need = version_tuple(found), version_tuple(minimum)
+    if have is None or need is None or have == (0, 0, 0) or have >= need:
+        return None
+    command = paddle_install_command(distribution, hosted)
+    where = " in a new cell, then restart the kernel" if hosted else ""
+    return (f"Paddle {found} is too old for {what} (it needs Paddle {minimum} or newer; the outputs come "
+            f"from {PADDLE_TESTED}): install the tested version with `{command}`{where}.")
 
 
 def install_missing_packages(packages=None):
@@ -238,11 +331,17 @@ def setup(seed=0, device=None, quiet=False):
     """Configure the environment, import Paddle, seed everything, pick the device.
 
     Returns a dict with ``device``, ``threads``, ``seed``, ``mkl_path`` ("AVX-512", "AVX2" or None),
-    ``hosted`` and the versions, and prints one line describing them (unless ``quiet``).
+    ``hosted``, the versions and ``paddle_problem`` (the line of :func:`paddle_version_problem`, or
+    None), and prints one line describing them (unless ``quiet``), after that problem's line if any.
     """
     hosted = is_hosted()
     if hosted:
         install_missing_packages()
+    found = installed_paddle()
+    needed, what = paddle_needed(current_lesson())
+    problem = found and paddle_version_problem(found[1], needed, found[0], hosted, what)
+    if problem and not quiet:
+        print(problem)  # before the import, which may fail on such a Paddle
     if "paddle" in sys.modules and "OMP_NUM_THREADS" not in os.environ and not quiet:
         print("Note: paddle was imported before setup(); restart the kernel for the CPU settings.")
     threads = configure_environment()
@@ -263,6 +362,7 @@ def setup(seed=0, device=None, quiet=False):
         "paddle": paddle.__version__,
         "numpy": np.__version__,
         "python": platform.python_version(),
+        "paddle_problem": problem or None,
     }
     if not quiet:
         print(describe(info))
