@@ -112,6 +112,28 @@ def test_predictor_matches_dygraph(tmp_path, layers, image_size, batch):
             assert np.abs(dygraph_logits(model, images) - reference).max() > 100 * max_allowed(reference)
 
 
+def test_bf16_prediction_needs_the_instructions_and_stays_close_to_float32(exported, tmp_path):
+    from utils.course import cpu_info
+    from utils.export import BF16_FLAGS, check_bf16_cpu
+
+    plain = tmp_path / "cpuinfo"
+    plain.write_text("vendor_id\t: GenuineIntel\nmodel name\t: Old Xeon\nflags\t\t: sse2 avx2 avx512f\n")
+    with pytest.raises(ValueError, match=r"--bf16 needs a CPU with bfloat16 instructions .* \(Old Xeon\)"):
+        check_bf16_cpu(plain)
+    folder, model = exported
+    with pytest.raises(ValueError, match="bf16 needs the oneDNN kernels"):
+        ExportedClassifier(folder, onednn=False, bf16=True)
+    if not BF16_FLAGS & cpu_info()["flags"]:
+        pytest.skip("this CPU has no bfloat16 instructions")
+    images = np.random.default_rng(4).uniform(-1, 1, (4, 3, 64, 64)).astype("float32")
+    reference = dygraph_logits(model, images)
+    bf16 = ExportedClassifier(folder, bf16=True).logits(images)
+    error = float(np.abs(bf16 - reference).max()) / max(1.0, float(np.abs(reference).max()))
+    # bfloat16 keeps 8 bits of mantissa (relative rounding 4e-3 per value): not float32's results,
+    # but close; a wrong model or a missing normalization would be off by far more
+    assert 1e-5 < error < 0.1
+
+
 @pytest.mark.parametrize("onednn", [True, False])
 def test_predictor_matches_dygraph_with_and_without_onednn(exported, classifier, onednn):
     folder, model = exported
