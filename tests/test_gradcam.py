@@ -74,3 +74,25 @@ def test_grad_cam_of_an_earlier_stage_matches_finite_difference_gradients():
     assert np.abs(heat - cam / cam.max()).max() < 1e-3
     with pytest.raises(ValueError, match="4"):
         grad_cam(model, image, stage=4)
+
+
+def test_unscaled_maps_are_in_logit_units_and_float64_models_work():
+    """The raw map (scale=False) is the CAM in logit units: alpha_k = w_k / (h w) for a GAP + linear
+    head, so the map is ReLU(sum_k w_k A_k / (h w)), upsampled; a float64 model gives the same map."""
+    paddle.seed(3)
+    model = ResNet(layers=18)
+    image = np.random.default_rng(5).normal(size=(3, 64, 64)).astype("float32")
+    model.eval()
+    features = model.features(paddle.to_tensor(image[None])).numpy()[0]  # [512, 2, 2]
+    per_position = np.einsum("c,chw->hw", model.fc.weight.numpy()[:, 0], features) / 4  # h w = 4
+    label = 1 if per_position.max() > 0 else 0  # a label with some evidence, so the map is not empty
+    sign = 1 if label == 1 else -1
+    expected = cv2.resize(np.maximum(sign * per_position, 0).astype("float32"), (64, 64),
+                          interpolation=cv2.INTER_LINEAR)
+    raw, _ = grad_cam(model, image, label=label, scale=False)
+    scaled, _ = grad_cam(model, image, label=label)
+    assert expected.max() > 0 and np.abs(raw - expected).max() < 1e-4 * expected.max()
+    assert np.abs(raw / raw.max() - scaled).max() < 1e-6
+    model.to(dtype="float64")
+    raw64, _ = grad_cam(model, image, label=label, scale=False)
+    assert np.abs(raw64 - raw).max() < 1e-4 * raw.max()

@@ -17,15 +17,18 @@ import paddle
 from utils.course import eval_mode
 
 
-def grad_cam(model, image, label=1, stage=-1):
+def grad_cam(model, image, label=1, stage=-1, scale=True):
     """Grad-CAM heat map of one image for a one-logit ``utils.resnet.ResNet``.
 
-    ``image``: float32 ``[3, S, S]`` (as the data set yields it). ``label=1`` maps the evidence for
-    label 1 (the logit), ``label=0`` the evidence for label 0 (minus the logit). ``stage`` picks the
-    feature maps: -1 (the last stage, the usual choice; S/32 positions per side) or an earlier stage
-    0-2 for a finer map (S/4, S/8, S/16 per side), useful on small images. Returns ``(heat map
-    float32 [S, S] in [0, 1], probability of label 1)``; an all-zero map means no region raised the
-    score. Runs in eval mode and leaves the parameters' gradients untouched.
+    ``image``: float32 ``[3, S, S]`` (as the data set yields it; converted to the model's dtype).
+    ``label=1`` maps the evidence for label 1 (the logit), ``label=0`` the evidence for label 0
+    (minus the logit). ``stage`` picks the feature maps: -1 (the last stage, the usual choice; S/32
+    positions per side) or an earlier stage 0-2 for a finer map (S/4, S/8, S/16 per side), useful on
+    small images. Returns ``(heat map float32 [S, S], probability of label 1)``: with ``scale`` the
+    map is divided by its own maximum (in [0, 1]); ``scale=False`` keeps it in logit units, so that
+    the maps of several images can share one colour scale (a map scaled to its own maximum shows
+    "evidence" even where there is almost none). An all-zero map means no region raised the score.
+    Runs in eval mode and leaves the parameters' gradients untouched.
     """
     if label not in (0, 1):
         raise ValueError(f"label must be 0 or 1, got {label!r}")
@@ -33,7 +36,8 @@ def grad_cam(model, image, label=1, stage=-1):
     if not -stages <= stage < stages:
         raise ValueError(f"stage must be in [{-stages}, {stages - 1}], got {stage!r}")
     stage %= stages
-    x = paddle.to_tensor(np.asarray(image, dtype="float32")[None])  # [1, 3, S, S]
+    dtype = str(model.parameters()[0].dtype).replace("paddle.", "")
+    x = paddle.to_tensor(np.asarray(image, dtype=dtype)[None])  # [1, 3, S, S]
     with eval_mode(model):
         features = features_at(model, x, stage)  # [1, C, h, w]
         logit = logit_from(model, features, stage)[0, 0]
@@ -42,10 +46,11 @@ def grad_cam(model, image, label=1, stage=-1):
         weights = gradient.mean(axis=[2, 3], keepdim=True)  # alpha_k: [1, C, 1, 1]
         cam = paddle.nn.functional.relu((weights * features).sum(axis=1))[0].numpy()  # [h, w]
     size = x.shape[-1], x.shape[-2]  # cv2 wants (width, height)
-    cam = cv2.resize(cam, size, interpolation=cv2.INTER_LINEAR)
-    peak = cam.max()
-    cam = cam / peak if peak > 0 else np.zeros_like(cam)
-    return cam.astype("float32"), float(paddle.nn.functional.sigmoid(logit))
+    cam = cv2.resize(cam.astype("float32"), size, interpolation=cv2.INTER_LINEAR)
+    if scale:
+        peak = cam.max()
+        cam = cam / peak if peak > 0 else np.zeros_like(cam)
+    return cam, float(paddle.nn.functional.sigmoid(logit))
 
 
 def features_at(model, x, stage):
