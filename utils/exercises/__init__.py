@@ -12,10 +12,12 @@ from utils.exercises.batchnorm import (
     check_running_stats_answer,
     judge_array,
 )
+from utils.exercises.folding import check_folded_conv_answer
 
 __all__ = [
     "check_batchnorm_answer",
     "check_batchnorm_gradient_answer",
+    "check_folded_conv_answer",
     "check_running_stats_answer",
     "judge_array",
 ]
