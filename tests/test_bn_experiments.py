@@ -1,4 +1,4 @@
-"""utils.bn_experiments: the model builder, the sweep and its plot."""
+"""utils.bn_experiments: the model builder, the sweep and its plot, activations, BatchNorm folding."""
 
 import matplotlib
 
@@ -9,7 +9,17 @@ import numpy as np  # noqa: E402
 import paddle  # noqa: E402
 import pytest  # noqa: E402
 
-from utils.bn_experiments import DIVERGED_LOSS, final, make_mlp, plot_sweep, sweep  # noqa: E402
+from utils.bn_experiments import (  # noqa: E402
+    DIVERGED_LOSS,
+    activations_per_layer,
+    final,
+    fold_batch_norms,
+    make_mlp,
+    plot_activation_histograms,
+    plot_sweep,
+    sweep,
+)
+from utils.checks import relative_error  # noqa: E402
 from utils.digits import load_digits_split  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:When training, we now always track")
@@ -89,4 +99,77 @@ def test_plot_sweep_draws_diverged_runs_on_the_top_line():
     plain = ax.get_lines()[labels.index("without BatchNorm")]
     assert list(plain.get_ydata()) == [1.0, DIVERGED_LOSS]
     assert ax.get_xlabel() == "learning rate" and ax.get_xscale() == "log"
+    plt.close(fig)
+
+
+def test_last_init_scale_scales_only_the_last_layer():
+    base = make_mlp(True, depth=2, width=16, init_scale=1.0, seed=4, dtype="float64")
+    mixed = make_mlp(True, depth=2, width=16, init_scale=10.0, last_init_scale=0.5, seed=4, dtype="float64")
+    linears = [[layer for layer in model if isinstance(layer, paddle.nn.Linear)] for model in (base, mixed)]
+    for plain, scaled in zip(linears[0][:-1], linears[1][:-1], strict=True):
+        np.testing.assert_allclose(scaled.weight.numpy(), 10.0 * plain.weight.numpy(), rtol=1e-15)
+    np.testing.assert_allclose(linears[1][-1].weight.numpy(), 0.5 * linears[0][-1].weight.numpy(), rtol=1e-15)
+
+
+def test_activations_per_layer_are_each_relu_output_and_the_logits():
+    x = load_digits_split(n_train=20, as_images=False, dtype="float64")[0]
+    model = make_mlp(False, depth=3, width=8, seed=0, dtype="float64")
+    outputs = activations_per_layer(model, x)
+    assert [a.shape for a in outputs] == [(20, 8)] * 3 + [(20, 10)]
+    h = x  # the same forward pass in NumPy: Paddle's Linear is x @ W + b with W [in, out]
+    linears = [layer for layer in model if isinstance(layer, paddle.nn.Linear)]
+    for layer, output in zip(linears, outputs, strict=True):
+        h = h @ layer.weight.numpy() + layer.bias.numpy()
+        if layer is not linears[-1]:
+            h = np.maximum(h, 0.0)
+        assert relative_error(output, h) < 1e-12
+    # with BatchNorm in training mode each hidden layer is normalized with the batch's statistics
+    bn_outputs = activations_per_layer(make_mlp(True, depth=3, width=8, init_scale=100.0, seed=0), x)
+    assert all(a.min() >= 0 and a.std() < 2 for a in bn_outputs[:-1])
+
+
+def test_fold_batch_norms_computes_the_eval_mode_model_without_batchnorm():
+    data = load_digits_split(n_train=200, as_images=False, dtype="float64")
+    model = make_mlp(True, depth=3, width=16, seed=2, dtype="float64")
+    for _ in range(3):  # give the moving statistics and gamma/beta values unlike their defaults
+        model(paddle.to_tensor(data[0][:64]))
+    for layer in model:
+        if isinstance(layer, paddle.nn.BatchNorm1D):
+            layer.weight.set_value(np.linspace(0.5, 2.0, 16))
+            layer.bias.set_value(np.linspace(-1.0, 1.0, 16))
+    model.eval()
+    before = [p.numpy().copy() for p in model.parameters()]
+    folded = fold_batch_norms(model)
+    assert [type(layer).__name__ for layer in folded] == ["Linear", "ReLU"] * 3 + ["Linear"]
+    x = paddle.to_tensor(data[2])
+    assert relative_error(folded(x).numpy(), model(x).numpy()) < 1e-13
+    assert all(np.array_equal(b, p.numpy()) for b, p in zip(before, model.parameters(), strict=True))
+
+
+def test_fold_batch_norms_rejects_what_it_cannot_fold():
+    with pytest.raises(ValueError, match="must follow a Linear"):
+        fold_batch_norms(paddle.nn.Sequential(paddle.nn.BatchNorm1D(4), paddle.nn.Linear(4, 2)))
+    batch_statistics = paddle.nn.Sequential(
+        paddle.nn.Linear(4, 4), paddle.nn.BatchNorm1D(4, use_global_stats=False)
+    )
+    with pytest.raises(ValueError, match="use_global_stats=False"):
+        fold_batch_norms(batch_statistics)
+    with pytest.raises(ValueError, match="LayerNorm"):
+        fold_batch_norms(paddle.nn.Sequential(paddle.nn.Linear(4, 4), paddle.nn.LayerNorm(4)))
+
+
+def test_plot_activation_histograms_draws_one_curve_per_scale_and_layer():
+    x = load_digits_split(n_train=64, as_images=False, dtype="float64")[0]
+    activations = {
+        k: activations_per_layer(make_mlp(False, depth=2, init_scale=k, seed=0), x) for k in (0.1, 1.0)
+    }
+    fig, axes = plt.subplots(1, 3)
+    plot_activation_histograms(axes, activations, "without BN")
+    assert [ax.get_title() for ax in axes] == [
+        "without BN: hidden layer 1",
+        "without BN: hidden layer 2",
+        "without BN: logits",
+    ]
+    assert all(len(ax.patches) == 2 for ax in axes)  # one step histogram per scale
+    assert [t.get_text() for t in axes[0].get_legend().get_texts()] == ["0.1 x He", "1 x He"]
     plt.close(fig)

@@ -213,3 +213,37 @@ def batch_norm_statistics(x):
     x = np.asarray(x)
     axes = _channel_axes(x)
     return x.mean(axis=axes), x.var(axis=axes)
+
+
+def fold_batch_norm(weight, bias, mean, var, gamma=None, beta=None, epsilon=1e-5, out_axis=0):
+    """Fold an evaluation-mode BatchNorm into the Linear or convolution layer before it.
+
+    In evaluation mode BatchNorm is a fixed affine map per channel c,
+    ``z = gamma[c] * (y - mean[c]) / sqrt(var[c] + epsilon) + beta[c]``, applied to the output y of
+    the layer before it. With ``s = gamma / sqrt(var + epsilon)`` the two layers are one layer with
+    ``weight' = weight * s`` (every weight that feeds output channel c times s[c]) and
+    ``bias' = (bias - mean) * s + beta``.
+
+    weight: the layer's weights; ``out_axis`` is its output-channel axis: 0 for a Conv2D's
+    [C_out, C_in, kH, kW] (and Conv1D/3D), 1 for a Paddle Linear's [in, out] (Paddle stores Linear
+    weights as [in, out], unlike PyTorch's [out, in]). bias: (C_out,) or None (no bias: zeros).
+    mean, var: the moving statistics (C_out,); gamma, beta: (C_out,), default 1 and 0.
+    Returns (folded weight with the shape of ``weight``, folded bias (C_out,)).
+    """
+    weight = np.asarray(weight)
+    channels = weight.shape[out_axis]
+    mean, var = np.asarray(mean), np.asarray(var)
+    if mean.shape != (channels,) or var.shape != (channels,):
+        raise ValueError(
+            f"fold_batch_norm: mean and var must have shape ({channels},), the size of axis {out_axis} "
+            f"of the weight {weight.shape}; got {mean.shape} and {var.shape}"
+        )
+    _check_affine(gamma, beta, (channels,), "fold_batch_norm")
+    scale = 1.0 / np.sqrt(var + epsilon)
+    if gamma is not None:
+        scale = np.asarray(gamma) * scale
+    shape = [1] * weight.ndim
+    shape[out_axis] = channels
+    folded_bias = (np.zeros(channels) if bias is None else np.asarray(bias)) - mean
+    folded_bias = folded_bias * scale + (0.0 if beta is None else np.asarray(beta))
+    return weight * scale.reshape(shape), folded_bias

@@ -20,6 +20,7 @@ from utils.exercises.dropout import (
     check_zero_count_answer,
     judge_number,
 )
+from utils.exercises.folding import check_folded_conv_answer
 from utils.exercises.normalization import (
     batch_mean_spread,
     check_single_position_instance_norm,
@@ -33,6 +34,7 @@ __all__ = [
     "check_dropblock_gamma_answer",
     "check_dropconnect_answer",
     "check_passes_answer",
+    "check_folded_conv_answer",
     "check_running_stats_answer",
     "check_variance_shift_answer",
     "check_zero_count_answer",
