@@ -186,6 +186,23 @@ def test_pointing_game_against_masks_drawn_here():
         ev.pointing_game([np.ones((2, 2))], [np.zeros((2, 2), bool)])
 
 
+def test_dilate_marks_every_pixel_within_the_distance_by_brute_force():
+    mask = np.zeros((9, 11), bool)
+    mask[4, 5] = mask[0, 0] = True
+    grown = ev.dilate(mask, 2)
+    rows, cols = np.mgrid[0:9, 0:11]
+    expected = ((rows - 4) ** 2 + (cols - 5) ** 2 <= 4) | (rows**2 + cols**2 <= 4)
+    assert np.array_equal(grown, expected)
+    assert np.array_equal(ev.dilate(mask, 0), mask)
+
+
+def test_rank_correlation_by_hand():
+    # ranks (1, 2, 3, 4) and (1, 3, 2, 4): Spearman = 1 - 6 * sum(d^2) / (n (n^2 - 1)) = 1 - 6 * 2 / 60
+    assert ev.rank_correlation([10, 20, 30, 40], [1.0, 5.0, 2.0, 9.0]) == pytest.approx(0.8)
+    assert ev.rank_correlation([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    assert ev.rank_correlation([1, 2, 3], [5, 5, 5]) == 0.0
+
+
 def test_seed_summary_by_hand():
     summary = ev.seed_summary([0.96, 0.97, 0.98])
     assert summary["mean"] == pytest.approx(0.97) and summary["std"] == pytest.approx(0.01)

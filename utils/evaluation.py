@@ -330,6 +330,30 @@ def pointing_game(heatmaps, masks):
     return float(np.mean(hits))
 
 
+def dilate(mask, pixels):
+    """``mask`` grown by ``pixels`` in every direction: the pixels within that Euclidean distance of a
+    marked pixel (a tolerance for the pointing game)."""
+    from scipy import ndimage
+
+    mask = np.asarray(mask, dtype=bool)
+    if pixels <= 0:
+        return mask.copy()
+    offsets = np.arange(-pixels, pixels + 1)
+    disc = offsets[:, None] ** 2 + offsets[None, :] ** 2 <= pixels**2
+    return ndimage.binary_dilation(mask, structure=disc)
+
+
+def rank_correlation(a, b):
+    """Spearman's rank correlation of two equally long sets of values (ties get average ranks)."""
+    a, b = np.ravel(a), np.ravel(b)
+    if a.shape != b.shape or a.size < 2:
+        raise ValueError(f"need two sets of at least 2 values of the same size, got {a.size} and {b.size}")
+    ra, rb = stats.rankdata(a), stats.rankdata(b)
+    if ra.std() == 0 or rb.std() == 0:
+        return 0.0  # a constant map has no order to agree with
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
 def seed_summary(values):
     """Mean, sample standard deviation, minimum and maximum of one metric over several seeds."""
     values = np.asarray(values, dtype=np.float64)
