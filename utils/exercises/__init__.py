@@ -12,10 +12,20 @@ from utils.exercises.batchnorm import (
     check_running_stats_answer,
     judge_array,
 )
+from utils.exercises.data import (
+    check_class_weights_answer,
+    check_display_colour_answer,
+    check_pair_auc_answer,
+    check_zip_slip_answer,
+)
 
 __all__ = [
     "check_batchnorm_answer",
     "check_batchnorm_gradient_answer",
+    "check_class_weights_answer",
+    "check_display_colour_answer",
+    "check_pair_auc_answer",
     "check_running_stats_answer",
+    "check_zip_slip_answer",
     "judge_array",
 ]
