@@ -27,21 +27,31 @@ from utils.exercises.normalization import (
     check_spread_ratio_answer,
     check_statistics_counts,
 )
+from utils.exercises.data import (
+    check_class_weights_answer,
+    check_display_colour_answer,
+    check_pair_auc_answer,
+    check_zip_slip_answer,
+)
 
 __all__ = [
+    "batch_mean_spread",
     "check_batchnorm_answer",
     "check_batchnorm_gradient_answer",
+    "check_class_weights_answer",
+    "check_display_colour_answer",
     "check_dropblock_gamma_answer",
     "check_dropconnect_answer",
-    "check_passes_answer",
     "check_folded_conv_answer",
+    "check_pair_auc_answer",
+    "check_passes_answer",
     "check_running_stats_answer",
-    "check_variance_shift_answer",
-    "check_zero_count_answer",
-    "judge_array",
-    "judge_number",
-    "batch_mean_spread",
     "check_single_position_instance_norm",
     "check_spread_ratio_answer",
     "check_statistics_counts",
+    "check_variance_shift_answer",
+    "check_zero_count_answer",
+    "check_zip_slip_answer",
+    "judge_array",
+    "judge_number",
 ]
