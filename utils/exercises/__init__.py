@@ -12,6 +12,12 @@ from utils.exercises.batchnorm import (
     check_running_stats_answer,
     judge_array,
 )
+from utils.exercises.data import (
+    check_class_weights_answer,
+    check_display_colour_answer,
+    check_pair_auc_answer,
+    check_zip_slip_answer,
+)
 from utils.exercises.dropout import (
     check_dropblock_gamma_answer,
     check_dropconnect_answer,
@@ -26,12 +32,6 @@ from utils.exercises.normalization import (
     check_single_position_instance_norm,
     check_spread_ratio_answer,
     check_statistics_counts,
-)
-from utils.exercises.data import (
-    check_class_weights_answer,
-    check_display_colour_answer,
-    check_pair_auc_answer,
-    check_zip_slip_answer,
 )
 
 __all__ = [
