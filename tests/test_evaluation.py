@@ -223,3 +223,16 @@ def test_report_combines_the_pieces_and_prints_every_interval():
     assert report["ppv"] == pytest.approx(ev.predictive_values(tp / 211, tn / 189, 0.1)[0])
     text = ev.format_report(report)
     assert text.count("[") == 4 and "PPV" in text and "400 images, 211 positive" in text
+
+
+def test_report_ranks_by_the_logits_where_probabilities_round_to_one():
+    # sigmoid(40) and sigmoid(45) are both exactly 1.0 in float64: only the logits still order them
+    labels = np.tile([0, 1, 0, 1], 10)  # ten copies: enough images for the bootstrap
+    logits = np.tile([40.0, 45.0, -3.0, 2.0], 10)
+    probabilities = ev.calibrated(logits, 1.0)
+    assert probabilities[0] == probabilities[1] == 1.0
+    tied = ev.test_report(labels, probabilities, threshold=0.5, n_resamples=50)
+    ranked = ev.test_report(labels, probabilities, threshold=0.5, n_resamples=50, scores=logits)
+    assert tied["auc"] == pytest.approx(brute_force_auc(labels, probabilities)) == 0.625
+    assert ranked["auc"] == brute_force_auc(labels, logits) == 0.75
+    assert ranked["confusion_matrix"] == tied["confusion_matrix"]

@@ -373,8 +373,12 @@ def seed_summary(values):
 # The report
 
 
-def test_report(labels, probabilities, threshold, prevalence=None, n_resamples=2000, seed=0):
+def test_report(labels, probabilities, threshold, prevalence=None, n_resamples=2000, seed=0, scores=None):
     """Every test metric with its 95% interval, at a threshold chosen beforehand.
+
+    ``scores`` (default: the probabilities) rank the images for the AUC and the sensitivity at a
+    specificity; pass the logits. In float64 the sigmoid of a logit above about 37 rounds to exactly
+    1.0, so confident images that their logits still order would tie as probabilities.
 
     Returns a dict: ``n``, ``positives``, ``threshold``; ``auc``, ``accuracy`` with
     ``auc_interval``, ``accuracy_interval`` (stratified bootstrap, seeded); ``sensitivity``,
@@ -384,6 +388,7 @@ def test_report(labels, probabilities, threshold, prevalence=None, n_resamples=2
     ``prevalence`` (default: the test set's own) and ``confusion_matrix`` [[TN, FP], [FN, TP]].
     """
     labels, probabilities = _binary(labels, probabilities, "probabilities")
+    scores = probabilities if scores is None else _binary(labels, scores)[1]
     tn, fp, fn, tp = confusion_at(labels, probabilities, threshold)
     prevalence = float(labels.mean()) if prevalence is None else _open_unit(prevalence, "the prevalence")
     sensitivity, specificity = tp / (tp + fn), tn / (tn + fp)
@@ -392,8 +397,8 @@ def test_report(labels, probabilities, threshold, prevalence=None, n_resamples=2
         "n": int(labels.size),
         "positives": int(labels.sum()),
         "threshold": float(threshold),
-        "auc": roc_auc(labels, probabilities),
-        "auc_interval": bootstrap_interval(labels, probabilities, roc_auc, n_resamples, seed=seed),
+        "auc": roc_auc(labels, scores),
+        "auc_interval": bootstrap_interval(labels, scores, roc_auc, n_resamples, seed=seed),
         "accuracy": (tp + tn) / labels.size,
         "accuracy_interval": bootstrap_interval(
             labels, probabilities, accuracy_at(threshold), n_resamples, seed=seed
@@ -403,7 +408,7 @@ def test_report(labels, probabilities, threshold, prevalence=None, n_resamples=2
         "specificity": specificity,
         "specificity_interval": wilson_interval(tn, tn + fp),
         "sensitivity_at_specificity": {
-            str(target): threshold_for_specificity(labels, probabilities, target)[1] for target in (0.9, 0.95)
+            str(target): threshold_for_specificity(labels, scores, target)[1] for target in (0.9, 0.95)
         },
         "brier": brier_score(labels, probabilities),
         "ece": expected_calibration_error(labels, probabilities),
