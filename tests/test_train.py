@@ -583,6 +583,9 @@ def test_command_line_resume_and_seeds(tiny_fundus):
     )
     assert summary["summary"]["auc"]["std"] == pytest.approx(np.std(per_seed, ddof=1))
     assert "test metrics over 2 seeds [0, 1]" in stdout
+    seconds = [json.loads((out / f"seed-{s}" / METRICS_FILE).read_text())["seconds"] for s in (0, 1)]
+    assert all(t > 0 for t in seconds) and summary["summary"]["seconds"]["max"] == max(seconds)
+    assert stdout.count("run time ") == 2
 
 
 def test_command_line_rejects_bad_flags(tmp_path, capsys):

@@ -43,6 +43,7 @@ import json
 import os
 import pathlib
 import sys
+import time
 import warnings
 
 if __package__ in (None, ""):  # run as a file (paddle.distributed.launch runs files, not modules)
@@ -393,12 +394,12 @@ def assess(model, test_loader, selection_loader=None, prevalence=None, seed=0):
     logits, labels = predict_logits(model, test_loader)
     threshold, temperature = chosen["threshold"], chosen["temperature"]
     probabilities = evaluation.calibrated(logits, 1.0)
-    report = evaluation.test_report(labels, probabilities, threshold, prevalence, seed=seed)
+    report = evaluation.test_report(labels, probabilities, threshold, prevalence, seed=seed, scores=logits)
     calibrated = None
     if temperature != 1.0:
         cut = evaluation.calibrated(evaluation.logit(threshold) / temperature, 1.0)  # the same cut
         calibrated = evaluation.test_report(labels, evaluation.calibrated(logits, temperature), cut,
-                                            prevalence, seed=seed)
+                                            prevalence, seed=seed, scores=logits)
     return {"operating_point": chosen, "test": report, "test_calibrated": calibrated, "logits": logits,
             "labels": labels}
 
@@ -573,6 +574,7 @@ def run(config, data_root=None, out_dir=None, cache_dir=None, resume=False, prog
     """
     from utils.palm import display_path, resolve_data_root
 
+    started = time.perf_counter()
     world, rank = paddle.distributed.get_world_size(), paddle.distributed.get_rank()
     say = log if rank == 0 and log is not None else (lambda text: None)
     root, source = resolve_data_root(data_root, quiet=rank != 0)
@@ -609,6 +611,8 @@ def run(config, data_root=None, out_dir=None, cache_dir=None, resume=False, prog
         "selection": {"history": history, "operating_point": assessed["operating_point"]},
         "test": assessed["test"],
         "test_calibrated": assessed["test_calibrated"],
+        # wall time of data, training and scoring: depends on the machine, kept for the record
+        "seconds": round(time.perf_counter() - started, 1),
     }
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -618,6 +622,7 @@ def run(config, data_root=None, out_dir=None, cache_dir=None, resume=False, prog
                                        f"{config.image_size} px")
         figure.savefig(out_dir / CURVES_FILE, dpi=100)
     say(format_assessment(metrics))
+    say(f"run time {metrics['seconds']:.0f} s")
     return metrics
 
 
@@ -650,6 +655,7 @@ def run_seeds(config, seeds, out_dir, **options):
         return None
     summary = {name: evaluation.seed_summary([runs[seed]["test"][name] for seed in seeds])
                for name in SEED_METRICS}
+    summary["seconds"] = evaluation.seed_summary([runs[seed]["seconds"] for seed in seeds])
     result = {"config": dataclasses.asdict(config), "seeds": list(seeds), "summary": summary,
               "runs": {str(seed): f"seed-{seed}/{METRICS_FILE}" for seed in seeds}}
     write_json(out_dir / METRICS_FILE, result)
@@ -660,8 +666,9 @@ def format_seed_summary(result):
     """One line per metric: mean, standard deviation and range over the seeds."""
     lines = [f"test metrics over {len(result['seeds'])} seeds {result['seeds']}: mean, sd, min-max"]
     for name, values in result["summary"].items():
-        lines.append(f"  {name:<12} {values['mean']:.3f}  sd {values['std']:.3f}  "
-                     f"{values['min']:.3f}-{values['max']:.3f}")
+        digits = 0 if name == "seconds" else 3
+        lines.append(f"  {name:<12} {values['mean']:.{digits}f}  sd {values['std']:.{digits}f}  "
+                     f"{values['min']:.{digits}f}-{values['max']:.{digits}f}")
     return "\n".join(lines)
 
 
