@@ -30,6 +30,8 @@ import sys
 import tempfile
 import time
 
+from utils.course import run_command
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = ROOT / "notebooks"
 ENVS_ENV = "COURSE_COMPAT_ENVS"
@@ -397,4 +399,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_command(main, "utils.compat")

@@ -27,7 +27,7 @@ import time
 
 import nbformat
 
-from utils.course import GITHUB_REPO
+from utils.course import GITHUB_REPO, run_command
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = ROOT / "notebooks"
@@ -264,4 +264,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_command(main, "utils.notebooks")

@@ -9,6 +9,7 @@ import numpy as np
 
 from utils.checks import CheckResult
 from utils.reference import _channel_axes, _per_channel, batch_norm, batch_norm_backward, running_stats_after
+from utils.reference import affine as reference_affine
 
 #: Relative tolerance of every checker: loose enough for float32 answers, tight enough to tell the
 #: common mistakes apart in the exercises' data.
@@ -49,19 +50,6 @@ def judge_array(answer, expected, mistakes, what):
     )
 
 
-def _affine(gamma, beta, ndim):
-    """The function x_hat -> gamma * x_hat + beta for (N, C, ...) arrays of ``ndim`` axes."""
-
-    def apply(x_hat):
-        if gamma is not None:
-            x_hat = x_hat * _per_channel(gamma, ndim)
-        if beta is not None:
-            x_hat = x_hat + _per_channel(beta, ndim)
-        return x_hat
-
-    return apply
-
-
 def check_batchnorm_answer(answer, x, gamma=None, beta=None, epsilon=1e-5):
     """Check a BatchNorm forward pass (training mode) of (N, C, ...) input ``x``.
 
@@ -69,7 +57,9 @@ def check_batchnorm_answer(answer, x, gamma=None, beta=None, epsilon=1e-5):
     each channel, and gamma/beta left out.
     """
     x = np.asarray(x, dtype=np.float64)
-    affine = _affine(gamma, beta, x.ndim)
+    def affine(x_hat):  # gamma * x_hat + beta, per channel
+        return reference_affine(x_hat, gamma, beta)
+
     axes = _channel_axes(x)
     centered = x - x.mean(axis=axes, keepdims=True)
     ddof = 1 if x.size > x.shape[1] else 0  # one value per channel has no unbiased variance
