@@ -48,6 +48,7 @@ import cv2
 import numpy as np
 
 from utils.course import cpu_count
+from utils.palm.layout import GT_DIR, GT_XLSX, TRAIN_DIR, VALID_DIR
 
 #: Changes whenever the drawing changes, so that a stored synthetic set is regenerated.
 GENERATOR_VERSION = 4
@@ -70,11 +71,7 @@ NEVUS_SHARE = {"N": 0.3, "H": 0.3, "P": 0.15}  # eyes with a choroidal nevus (da
 SHEEN_SHARE = {"N": 0.5, "H": 0.5, "P": 0.5}  # eyes with a light reflex (of a young retina)
 SHEEN = (0.45, 0.8)              # its opacity
 SHEEN_COLOUR = (1.0, 0.96, 0.9)
-#: Folder and file names of the official archives (as they unpack).
-TRAIN_DIR = "PALM-Training400"
-VALID_DIR = "PALM-Validation400"
-GT_DIR = "PALM-Validation-GT"
-GT_XLSX = "PM_Label_and_Fovea_Location.xlsx"
+#: The label table's columns, as in the official xlsx (folder and file names: :mod:`utils.palm.layout`).
 GT_CSV = "labels.csv"
 GT_COLUMNS = ("ID", "imgName", "Label", "Fovea_X", "Fovea_Y")
 #: Written into every generated folder: the parameters of the set, so that any image can be redrawn
