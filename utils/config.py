@@ -79,8 +79,9 @@ class TrainConfig:
     selection_fraction: float = _setting(0.0, "share of the training images held out (stratified by H, N, P) "
                                          "to choose the threshold and the calibration; 0: none, the "
                                          "threshold is fixed at 0.5", FRACTION)
-    dtype: str = _setting("float32", "float type of the network (float64: the same digits on every CPU, "
-                          "slower)", one_of(DTYPES), choices=DTYPES)
+    dtype: str = _setting("float32", "float type of the network (float64: rounding differences between "
+                          "CPUs start far below float32's; slower; a chaotic run diverges in both)",
+                          one_of(DTYPES), choices=DTYPES)
     num_workers: int = _setting(0, "DataLoader worker processes (0: load in the main process)", NOT_NEGATIVE)
     pretrained: str | None = _setting(
         None, "start from these ImageNet weights: the paddle.vision ResNet state dict (.pdparams) that "
