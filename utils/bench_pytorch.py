@@ -16,9 +16,9 @@ It does what the course does, in PyTorch, with the same maths:
   binary cross-entropy from the logit, float32, batch 10, 224x224;
 - ``step``: the median of ``--reps`` timed training steps after ``--warmup`` untimed ones, on random
   images (the course's figure: ``python -m utils.bench``, "training, images/s");
-- ``job``: decode and resize every training image of an iChallenge-PM folder once (``cv2.imread``,
-  area resize, ``x / 127.5 - 1``, as :mod:`utils.palm`'s cache does), train one epoch in shuffled
-  batches, then predict every validation image. Time the whole process from outside (``time``), as
+- ``job``: decode and resize every training image of an iChallenge-PM folder once with the course's
+  own preprocessing (:func:`utils.palm.images.load_image`, which needs no Paddle), train one epoch
+  in shuffled batches, then predict every validation image. Time the whole process from outside (``time``), as
   for ``python -m utils.train --recipe course --epochs 1``.
 
 PyTorch uses all cores by default; the course's ``utils.course`` does the same for Paddle.
@@ -30,13 +30,13 @@ import statistics
 import sys
 import time
 
-import cv2
 import numpy as np
 import torch
 from torch import nn
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # also when run as a file
 from utils.course import run_command  # noqa: E402 (the standard library only: no Paddle needed)
+from utils.palm.images import load_image  # noqa: E402 (cv2 and NumPy: the course's own preprocessing)
 
 
 class ConvBN(nn.Sequential):
@@ -87,15 +87,6 @@ def make_step(model):
     return step
 
 
-def load(path, size):
-    """An image file as float32 [3, size, size] in [-1, 1], as ``utils.palm`` preprocesses it."""
-    bgr = cv2.imread(str(path))
-    if bgr is None:
-        raise FileNotFoundError(f"cannot read the image {path}")
-    rgb = cv2.resize(bgr, (size, size), interpolation=cv2.INTER_AREA)[:, :, ::-1]
-    return np.ascontiguousarray(rgb.transpose(2, 0, 1), dtype=np.float32) / 127.5 - 1
-
-
 def find_images(root, prefix):
     """The ``.jpg`` files under ``root`` in a folder whose name starts with ``prefix`` (nested or not)."""
     folders = sorted(p for p in pathlib.Path(root).rglob(f"{prefix}*") if p.is_dir())
@@ -128,7 +119,7 @@ def run_job(args):
     torch.manual_seed(0)
     train_paths = find_images(args.data, "PALM-Training")
     valid_paths = find_images(args.data, "PALM-Validation4")
-    images = torch.from_numpy(np.stack([load(p, 224) for p in train_paths]))
+    images = torch.from_numpy(np.stack([load_image(p, 224) for p in train_paths]))
     labels = torch.tensor([1.0 if p.name.startswith("P") else 0.0 for p in train_paths])
     model = resnet50().train()
     step = make_step(model)
@@ -138,7 +129,7 @@ def run_job(args):
         step(images[batch], labels[batch])
     model.eval()
     with torch.no_grad():
-        valid = torch.from_numpy(np.stack([load(p, 224) for p in valid_paths]))
+        valid = torch.from_numpy(np.stack([load_image(p, 224) for p in valid_paths]))
         probabilities = torch.cat([torch.sigmoid(model(valid[i:i + args.batch_size])).squeeze(1)
                                    for i in range(0, len(valid), args.batch_size)])
     print(f"PyTorch {torch.__version__}: trained 1 epoch on {len(train_paths)} images, predicted "
