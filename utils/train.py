@@ -67,7 +67,6 @@ if __name__ == "__main__":  # an entry point: set Paddle's environment before im
 import numpy as np  # noqa: E402
 import paddle  # noqa: E402
 import paddle.nn.functional as F  # noqa: E402
-from sklearn.metrics import confusion_matrix, roc_auc_score  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from utils import evaluation  # noqa: E402
@@ -98,14 +97,15 @@ def _paddle_seeded(seed):
 
 def build_model(config):
     """A fresh ``ResNet(config.arch, num_classes=1)`` in ``config.dtype`` whose initial weights come
-    from ``config.seed`` alone (Paddle's global random state is left as it was).
+    from ``config.seed`` alone (Paddle's global random state is left as it was). With
+    ``config.zero_init`` the BatchNorm that ends each residual branch starts with gamma 0.
 
     With ``config.pretrained`` every layer but the head then gets the ImageNet weights of that file
     (``utils.resnet.load_pretrained``); the head, one logit instead of ImageNet's 1000 classes, keeps
     its seeded initialisation. Such a model expects ``config.normalization`` "imagenet" inputs.
     """
     with _paddle_seeded(config.seed):
-        model = ResNet(layers=config.arch, num_classes=1)
+        model = ResNet(layers=config.arch, num_classes=1, zero_init_residual=config.zero_init)
     if config.pretrained:
         load_pretrained(model, config.pretrained)
     if config.dtype != "float32":
@@ -192,12 +192,11 @@ def binary_metrics(labels, probabilities, threshold=0.5):
     A quantity whose denominator is empty (e.g. AUC with one class only) is ``nan``.
     """
     labels = np.asarray(labels).astype("int64")
-    predicted = (np.asarray(probabilities) >= threshold).astype("int64")
-    (tn, fp), (fn, tp) = confusion_matrix(labels, predicted, labels=[0, 1])
+    tn, fp, fn, tp = evaluation.confusion_at(labels, probabilities, threshold)
     both_classes = len(np.unique(labels)) == 2
     return {
         "accuracy": float((tp + tn) / len(labels)),
-        "auc": float(roc_auc_score(labels, probabilities)) if both_classes else float("nan"),
+        "auc": evaluation.roc_auc(labels, probabilities) if both_classes else float("nan"),
         "sensitivity": float(tp / (tp + fn)) if tp + fn else float("nan"),
         "specificity": float(tn / (tn + fp)) if tn + fp else float("nan"),
         "confusion_matrix": [[int(tn), int(fp)], [int(fn), int(tp)]],
