@@ -197,3 +197,36 @@ def test_batchnorm_eval_uses_running_stats_and_does_not_change_them():
     # Training mode: the same image gives a different output inside a different batch.
     model.train()
     assert np.abs(model(x[:2]).numpy()[:1] - model(x).numpy()[:1]).max() > 1e-4
+
+
+@pytest.mark.parametrize(("layers", "blocks"), [(18, 8), (50, 16)])
+def test_zero_init_clears_exactly_the_gamma_that_ends_each_branch(layers, blocks):
+    paddle.seed(3)
+    plain = ResNet(layers)
+    paddle.seed(3)
+    zeroed = ResNet(layers, zero_init_residual=True)
+    last = {id(norm.weight) for norm in zeroed.residual_norms()}
+    assert len(last) == blocks  # 2+2+2+2 basic blocks, 3+4+6+3 bottlenecks
+    suffix = ".conv2.bn.weight" if layers == 50 else ".conv1.bn.weight"
+    for (name, a), b in zip(plain.named_parameters(), zeroed.parameters(), strict=True):
+        if id(b) in last:
+            assert name.endswith(suffix) and not b.numpy().any() and a.numpy().all()  # gamma was 1
+        else:
+            np.testing.assert_array_equal(a.numpy(), b.numpy())  # nothing else changes
+
+
+def test_with_zero_init_the_first_gradient_skips_exactly_the_branch_weights():
+    """gamma = 0 multiplies the branch's output by 0, so nothing inside a branch gets a gradient in
+    the first step: per bottleneck conv0's and conv1's conv, gamma and beta and conv2's conv (7)."""
+    paddle.seed(0)
+    model = ResNet(50, zero_init_residual=True)
+    model.train()
+    images = paddle.to_tensor(np.random.default_rng(0).normal(size=(4, 3, 32, 32)).astype("float32"))
+    model(images).sum().backward()
+    zero = {name for name, p in model.named_parameters() if not p.stop_gradient
+            and not float(p.grad.abs().max())}
+    branch = ("conv0.conv.weight", "conv0.bn.weight", "conv0.bn.bias", "conv1.conv.weight",
+              "conv1.bn.weight", "conv1.bn.bias", "conv2.conv.weight")
+    expected = {f"stages.{s}.{b}.{name}" for s, depth in enumerate((3, 4, 6, 3)) for b in range(depth)
+                for name in branch}
+    assert zero == expected

@@ -436,7 +436,8 @@ def imagenet_weights(path, layers=18, seed=7):
 
 def test_pretrained_weights_come_from_the_file_and_the_head_from_the_seed(tmp_path, capsys):
     saved = imagenet_weights(tmp_path / "resnet18.pdparams")
-    config = dataclasses.replace(TINY, pretrained=str(tmp_path / "resnet18.pdparams"), normalization=None)
+    config = dataclasses.replace(TINY, pretrained=str(tmp_path / "resnet18.pdparams"), normalization=None,
+                                 zero_init=True)  # the file's gammas replace zero-init's zeros
     assert config.normalization == "imagenet" and TINY.normalization == "course"
     assert dataclasses.replace(config, normalization="course").normalization == "course", "a choice is kept"
     model = built_without_touching_the_global_generator(config)
@@ -739,3 +740,12 @@ def test_integration_two_cpu_processes_data_parallel(tiny_fundus):
         tiny_fundus / "data", tiny_fundus / "cache", config, average_statistics=False
     )
     assert largest_difference(first_process_only, reference, running) > 100 * running_tolerance
+
+
+def test_zero_init_is_opt_in_and_clears_each_branchs_last_gamma():
+    assert not TINY.zero_init and not recipe("course").zero_init
+    assert parse_args(["--zero-init"]).config.zero_init
+    plain, zeroed = build_model(TINY), build_model(dataclasses.replace(TINY, zero_init=True))
+    for a, b in zip(plain.residual_norms(), zeroed.residual_norms(), strict=True):
+        assert (a.weight.numpy() == 1).all() and not b.weight.numpy().any()
+    assert len(zeroed.residual_norms()) == 8  # ResNet-18: 2 + 2 + 2 + 2 basic blocks

@@ -76,6 +76,9 @@ class TrainConfig:
     seed: int = _setting(0, "seed of the initial weights, the shuffled order, the augmentation and the "
                          "selection split")
     augment: bool = _setting(True, "random mirror/rotation/zoom/brightness; the course had none")
+    zero_init: bool = _setting(False, "start every residual block as the identity: the gamma of the "
+                               "BatchNorm that ends its branch set to 0 (random initialisation only: "
+                               "ImageNet weights replace it); off in both recipes (README: the recipe study)")
     selection_fraction: float = _setting(0.0, "share of the training images held out (stratified by H, N, P) "
                                          "to choose the threshold and the calibration; 0: none, the "
                                          "threshold is fixed at 0.5", FRACTION)

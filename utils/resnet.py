@@ -103,10 +103,12 @@ class ResNet(nn.Layer):
 
     Stem: 7x7 ConvBN stride 2 + 3x3 max-pool stride 2; four stages (the first keeps the size, the
     others halve it); global average pooling; one linear layer. Any H, W >= 32 works (the network
-    downsamples by 32), e.g. 224 as in the course or 64-112 for CPU-sized runs.
+    downsamples by 32), e.g. 224 as in the course or 64-112 for CPU-sized runs. With
+    ``zero_init_residual`` the BatchNorm that ends each residual branch starts with gamma 0, so every
+    block starts as its shortcut ("zero-init"); PaddlePaddle's default (gamma 1) otherwise.
     """
 
-    def __init__(self, layers=50, num_classes=1, in_channels=3):
+    def __init__(self, layers=50, num_classes=1, in_channels=3, zero_init_residual=False):
         super().__init__()
         if layers not in STAGE_DEPTHS:
             raise ValueError(f"layers must be one of {sorted(STAGE_DEPTHS)}, got {layers!r}")
@@ -134,6 +136,15 @@ class ResNet(nn.Layer):
             num_classes,
             weight_attr=paddle.ParamAttr(initializer=nn.initializer.Uniform(-bound, bound)),
         )
+        if zero_init_residual:  # each block starts as the identity (Goyal et al. 2017)
+            for norm in self.residual_norms():
+                norm.weight.set_value(paddle.zeros_like(norm.weight))
+
+    def residual_norms(self):
+        """The BatchNorm that ends each residual branch (a bottleneck's ``conv2.bn``, a basic block's
+        ``conv1.bn``), in order: with its gamma at 0 the block adds nothing to its shortcut."""
+        return [block.conv2.bn if isinstance(block, BottleneckBlock) else block.conv1.bn
+                for stage in self.stages for block in stage]
 
     def features(self, x):
         """The last stage's feature map: ``[N, 3, H, W] -> [N, feature_channels, H/32, W/32]``."""
