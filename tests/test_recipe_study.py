@@ -7,16 +7,20 @@ import paddle
 import pytest
 
 from utils import recipe_study
+from utils import train as train_module
 from utils.recipe_study import (
     ResidualBlock,
+    Trial,
     WeightAverage,
     digits_model,
+    fundus_trial,
     last_norms,
     progressive_size,
     smoothed_loss,
     study,
 )
 from utils.resnet import ResNet
+from utils.synthetic_fundus import make_dataset
 
 
 def test_progressive_size_is_three_quarters_then_full():
@@ -80,3 +84,23 @@ def test_digits_proxy_skips_the_photograph_only_variants(monkeypatch):
 
     monkeypatch.setattr(recipe_study, "digits_trial", no_training)
     assert study("digits", [0], ["flip test-time augmentation", "progressive resizing"]) == {}
+
+
+def test_progressive_fundus_trial_trains_at_both_sizes_and_scores_at_the_full_one(tmp_path, monkeypatch):
+    make_dataset(tmp_path / "data", n_train=24, n_valid=24, image_size=64, seed=0)
+    sizes = {"train": [], "test": []}
+    make_datasets, make_test_set = train_module.make_datasets, train_module.make_test_set
+
+    def training(root, config, cache_dir=None):
+        sizes["train"].append(config.image_size)
+        return make_datasets(root, config, tmp_path / "cache")
+
+    def test(root, config, cache_dir=None):
+        sizes["test"].append(config.image_size)
+        return make_test_set(root, config, tmp_path / "cache")
+
+    monkeypatch.setattr(train_module, "make_datasets", training)
+    monkeypatch.setattr(train_module, "make_test_set", test)
+    scores = fundus_trial(Trial(progressive=True), seed=0, epochs=2, image_size=48, root=tmp_path / "data")
+    assert sorted(sizes["train"]) == [32, 48] and sizes["test"] == [48]
+    assert 0 <= scores["auc"] <= 1 and scores["accuracy"] in {k / 24 for k in range(25)}

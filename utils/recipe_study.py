@@ -182,15 +182,18 @@ def fundus_trial(trial, seed, epochs=6, image_size=64, lr=0.01, root=None, dtype
 
     root = root or resolve_data_root(quiet=True)[0]
     config = TrainConfig(image_size=image_size, epochs=epochs, seed=seed, dtype=dtype)
-    sizes = {progressive_size(image_size, epoch, epochs) if trial.progressive else image_size
-             for epoch in range(epochs)}
+
+    def size_of(epoch):
+        return progressive_size(image_size, epoch, epochs) if trial.progressive else image_size
+
     loaders = {size: make_loader(make_datasets(root, dataclasses.replace(config, image_size=size))[0],
-                                 config.batch_size, shuffle=True, seed=seed) for size in sizes}
+                                 config.batch_size, shuffle=True, seed=seed)
+               for size in {size_of(epoch) for epoch in range(epochs)}}
     test_loader = make_loader(make_test_set(root, config), 50)
     model = build_model(config)
 
     def batches(epoch):
-        loader = loaders[progressive_size(image_size, epoch, epochs) if trial.progressive else image_size]
+        loader = loaders[size_of(epoch)]
         loader.set_epoch(epoch)
         return [(images.astype(dtype), labels) for images, labels in loader]
 
