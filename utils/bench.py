@@ -67,7 +67,7 @@ def machine_description():
     model = info["model"] or platform.processor() or "unknown CPU"
     extensions = [name for name in ("avx2", "avx512f") if name in info["flags"]]
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
-    return {"cpu": model, "cores": cpu_count(), "extensions": extensions,
+    return {"cpu": model, "vendor": info["vendor"], "cores": cpu_count(), "extensions": extensions,
             "load_average_1min": round(load[0], 2) if load else None}
 
 
@@ -230,7 +230,8 @@ def main(argv=None):
     machine = machine_description()
     extensions = ", ".join(machine["extensions"]) or "no AVX2"
     mkl = os.environ.get("MKL_DEBUG_CPU_TYPE")
-    print(f"machine: {machine['cpu']}, {machine['cores']} cores ({extensions}); course settings: {threads} "
+    print(f"machine: {machine['cpu']} ({machine['vendor'] or 'unknown vendor'}), {machine['cores']} cores "
+          f"({extensions}); course settings: {threads} "
           f"math threads{f', MKL_DEBUG_CPU_TYPE={mkl}' if mkl else ''}; "
           f"load average at start {machine['load_average_1min']}", flush=True)
     root = prepare_data(args.batch_size, args.data)

@@ -13,7 +13,7 @@ It does what the course does, in PyTorch, with the same maths:
   in the 3x3 convolution, convolutions without bias before BatchNorm, one logit);
 - the original course's optimizer step (Momentum 0.9, learning rate 0.001, L2 decay 0.001: PyTorch's
   ``weight_decay`` adds the same ``0.001 * w`` to the gradient as ``paddle.regularizer.L2Decay``) on
-  binary cross-entropy from the logit, float32, batch 10, 224x224;
+  binary cross-entropy from the logit, float32, batch 10, 224x224 (``step --image-size`` another size);
 - ``step``: the median of ``--reps`` timed training steps after ``--warmup`` untimed ones, on random
   images (the course's figure: ``python -m utils.bench``, "training, images/s");
 - ``job``: decode and resize every training image of an iChallenge-PM folder once with the course's
@@ -100,7 +100,8 @@ def benchmark_step(args):
     torch.manual_seed(0)
     model = resnet50().train()
     step = make_step(model)
-    images = torch.from_numpy(np.random.default_rng(0).uniform(-1, 1, (args.batch_size, 3, 224, 224))
+    size = args.image_size
+    images = torch.from_numpy(np.random.default_rng(0).uniform(-1, 1, (args.batch_size, 3, size, size))
                               .astype(np.float32))
     labels = torch.tensor([float(i % 2) for i in range(args.batch_size)])
     for _ in range(args.warmup):
@@ -111,7 +112,7 @@ def benchmark_step(args):
         step(images, labels)
         times.append(time.perf_counter() - start)
     print(f"PyTorch {torch.__version__}, {torch.get_num_threads()} threads: ResNet-50 training step, batch "
-          f"{args.batch_size}, 224 px: {statistics.median(times):.3f} s (median of {args.reps}), "
+          f"{args.batch_size}, {size} px: {statistics.median(times):.3f} s (median of {args.reps}), "
           f"{args.batch_size / statistics.median(times):.2f} images/s")
 
 
@@ -141,6 +142,7 @@ def main(argv=None):
     parser.add_argument("what", choices=["step", "job"])
     parser.add_argument("--data", help="an iChallenge-PM folder (job)")
     parser.add_argument("--batch-size", type=int, default=10)
+    parser.add_argument("--image-size", type=int, default=224, help="step: image size in px (job: 224)")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--reps", type=int, default=5)
     args = parser.parse_args(argv)
