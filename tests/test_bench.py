@@ -3,7 +3,15 @@ numbers) against hand-computed values, its flag checks, and a tiny run of the lo
 
 import pytest
 
-from utils.bench import format_loader_table, format_table, loader_benchmark, merge, parse_args, summarize
+from utils.bench import (
+    format_loader_table,
+    format_table,
+    loader_benchmark,
+    machine_line,
+    merge,
+    parse_args,
+    summarize,
+)
 
 
 def result(key, times, peak, extra=None):
@@ -73,3 +81,16 @@ def test_loader_benchmark_rows(tmp_path):
         assert size == 32 and seconds > 0 and rate > 0
     assert "loader throughput, 32 px output, batch 2" in format_loader_table(rows, 2)
     assert list(tmp_path.iterdir()) == [], "the generated images are removed"
+
+
+def test_machine_line_names_model_vendor_and_math_settings(monkeypatch):
+    machine = {"cpu": "Intel(R) Xeon(R) Platinum 8480+", "vendor": "GenuineIntel", "cores": 2,
+               "extensions": ["avx2", "avx512f"], "load_average_1min": 0.5}
+    monkeypatch.delenv("MKL_DEBUG_CPU_TYPE", raising=False)
+    assert machine_line(machine, 2) == ("machine: Intel(R) Xeon(R) Platinum 8480+ (GenuineIntel), 2 cores "
+                                        "(avx2, avx512f); course settings: 2 math threads; load average at "
+                                        "start 0.5")
+    monkeypatch.setenv("MKL_DEBUG_CPU_TYPE", "7")
+    amd = dict(machine, cpu="AMD EPYC", vendor="AuthenticAMD", extensions=[])
+    assert "AMD EPYC (AuthenticAMD)" in machine_line(amd, 2)
+    assert "(no AVX2); course settings: 2 math threads, MKL_DEBUG_CPU_TYPE=7;" in machine_line(amd, 2)

@@ -71,6 +71,16 @@ def machine_description():
             "load_average_1min": round(load[0], 2) if load else None}
 
 
+def machine_line(machine, threads):
+    """The benchmarks' first line: CPU model and vendor, cores, extensions, the course's math settings."""
+    extensions = ", ".join(machine["extensions"]) or "no AVX2"
+    mkl = os.environ.get("MKL_DEBUG_CPU_TYPE")
+    return (f"machine: {machine['cpu']} ({machine['vendor'] or 'unknown vendor'}), {machine['cores']} cores "
+            f"({extensions}); course settings: {threads} math threads"
+            f"{f', MKL_DEBUG_CPU_TYPE={mkl}' if mkl else ''}; "
+            f"load average at start {machine['load_average_1min']}")
+
+
 def prepare_data(batch_size, data_root=None):
     """The image folder to benchmark on: ``data_root``, else a synthetic full-size set (made once)."""
     if data_root is not None:
@@ -228,12 +238,7 @@ def main(argv=None):
         print(format_loader_table(rows, args.batch_size))
         return 0
     machine = machine_description()
-    extensions = ", ".join(machine["extensions"]) or "no AVX2"
-    mkl = os.environ.get("MKL_DEBUG_CPU_TYPE")
-    print(f"machine: {machine['cpu']} ({machine['vendor'] or 'unknown vendor'}), {machine['cores']} cores "
-          f"({extensions}); course settings: {threads} "
-          f"math threads{f', MKL_DEBUG_CPU_TYPE={mkl}' if mkl else ''}; "
-          f"load average at start {machine['load_average_1min']}", flush=True)
+    print(machine_line(machine, threads), flush=True)
     root = prepare_data(args.batch_size, args.data)
     results = []
     for _ in range(args.rounds):

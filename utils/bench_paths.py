@@ -46,7 +46,7 @@ import sys
 import tempfile
 import time
 
-from utils.bench import REPO_ROOT, machine_description
+from utils.bench import REPO_ROOT, machine_description, machine_line
 from utils.config import AT_LEAST_ONE, NOT_NEGATIVE, check_flag, setting_rule
 from utils.course import configure_environment, run_command
 
@@ -343,14 +343,7 @@ def main(argv=None):
         return 0
     started = time.perf_counter()
     threads = configure_environment()
-    machine = machine_description()
-    vendor = machine["vendor"] or "unknown vendor"
-    mkl = os.environ.get("MKL_DEBUG_CPU_TYPE")
-    print(f"machine: {machine['cpu']} ({vendor}), {machine['cores']} cores "
-          f"({', '.join(machine['extensions']) or 'no AVX2'}); {threads} math threads"
-          f"{f', MKL_DEBUG_CPU_TYPE={mkl}' if mkl else ''}; "
-          f"load average at start {machine['load_average_1min']}",
-          flush=True)
+    print(machine_line(machine_description(), threads), flush=True)
     tables = []
     for size in args.sizes:
         results = []
