@@ -91,8 +91,8 @@ def reference_pool_gradient(x, weight):
     y = np.einsum("ok,nkhw->nohw", weight.reshape(len(weight), -1), patches)
     selected = np.zeros_like(y)
     y_padded = np.pad(y, ((0, 0), (0, 0), (1, 1), (1, 1)), constant_values=-np.inf)
-    for i in range(0, h + 2 - 2, 2):  # window origins of a 3x3 pool, stride 2, padding 1
-        for j in range(0, w + 2 - 2, 2):
+    for i in range(0, h, 2):  # window origins (padded coordinates) of a 3x3 pool, stride 2, padding 1
+        for j in range(0, w, 2):
             window = y_padded[:, :, i:i + 3, j:j + 3].reshape(n, len(weight), 9)
             best = window.argmax(axis=2)
             rows, cols = i + best // 3 - 1, j + best % 3 - 1
@@ -144,7 +144,7 @@ def measure(spec):
     if mode == "static":
         forward = paddle.jit.to_static(model, full_graph=True)
     elif mode == "body":
-        body = paddle.jit.to_static(_Body(model), full_graph=True)
+        body = paddle.jit.to_static(after_stem(model), full_graph=True)
         forward = lambda x: body(model.pool(model.stem(x)))  # noqa: E731
     else:
         forward = model
@@ -161,8 +161,9 @@ def measure(spec):
     return {"path": spec["path"], "image_size": size, "times": times[spec["warmup"]:], "losses": losses}
 
 
-def _Body(model):
-    """The network after its stem: the four stages and the head, sharing ``model``'s parameters."""
+def after_stem(model):
+    """A layer of the network after its stem (the four stages and the head), sharing ``model``'s
+    parameters."""
     import paddle
 
     class Body(paddle.nn.Layer):
