@@ -12,6 +12,7 @@ BatchNorm in training mode moves the logits by more than 100 times the tolerance
 the tolerance is known to catch it)."""
 
 import csv
+import json
 import os
 import shutil
 import subprocess
@@ -147,6 +148,21 @@ def test_export_leaves_training_mode_and_records_the_image_size(tmp_path):
     export_model(model, tmp_path, 80)
     assert model.training
     assert read_metadata(tmp_path)["image_size"] == 80
+    assert read_metadata(tmp_path)["tta"] is False
+
+
+def test_tta_predictor_averages_the_image_and_its_mirror(exported, classifier, tmp_path):
+    folder, model = exported
+    shutil.copytree(folder, tmp_path / "tta")
+    metadata = read_metadata(folder)
+    (tmp_path / "tta" / METADATA_FILE).write_text(json.dumps({**metadata, "tta": True}))
+    tta = ExportedClassifier(tmp_path / "tta")
+    images = np.random.default_rng(5).uniform(-1, 1, (3, 3, 64, 64)).astype("float32")
+    mirrors = np.ascontiguousarray(images[..., ::-1])  # flipped left-right, independently of the library
+    expected = (classifier.logits(images) + classifier.logits(mirrors)) / 2
+    np.testing.assert_allclose(tta.logits(images), expected, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(tta.logits(mirrors), tta.logits(images), rtol=1e-6, atol=1e-6)
+    assert np.abs(classifier.logits(images) - expected).max() > 1e-4  # the mirror changes something
 
 
 def write_fundus_folder(folder, kinds=("P", "N", "H")):
@@ -170,17 +186,20 @@ def test_load_batch_is_the_training_preprocessing(tmp_path):
     assert np.abs(batch[0] - expected).max() < 1e-6
 
 
-@pytest.mark.parametrize("normalization", ["course", "imagenet"])
-def test_command_line_exports_a_checkpoint_and_predicts_a_folder(tmp_path, normalization):
-    """The checkpoint's normalization travels into export.json, and the predictor applies it."""
-    config = TrainConfig(arch=18, image_size=64, seed=5, normalization=normalization, schedule="constant")
+@pytest.mark.parametrize(("normalization", "tta"), [("course", True), ("imagenet", False)])
+def test_command_line_exports_a_checkpoint_and_predicts_a_folder(tmp_path, normalization, tta):
+    """The checkpoint's normalization and test-time augmentation travel into export.json, and the
+    predictor applies them."""
+    config = TrainConfig(arch=18, image_size=64, seed=5, normalization=normalization, schedule="constant",
+                         tta=tta)
     model = calibrated_model(config.arch, config.image_size, seed=config.seed)  # non-saturated probabilities
     checkpoint = tmp_path / "last.pdparams"
     save_checkpoint(checkpoint, model, build_optimizer(model, config), 1, config, [])
     images = write_fundus_folder(tmp_path / "images")
     out = tmp_path / "inference"
     assert main(["export", "--checkpoint", str(checkpoint), "--out", str(out)]) == 0
-    assert read_metadata(out)["image_size"] == 64 and read_metadata(out)["normalization"] == normalization
+    metadata = read_metadata(out)
+    assert (metadata["image_size"], metadata["normalization"], metadata["tta"]) == (64, normalization, tta)
     table = tmp_path / "predictions.csv"
     command = [sys.executable, "-m", "utils.export", "predict", "--model", str(out), "--images", str(images),
                "--batch-size", "2", "--csv", str(table)]  # 3 images: a full batch, then a batch of 1
@@ -192,12 +211,14 @@ def test_command_line_exports_a_checkpoint_and_predicts_a_folder(tmp_path, norma
     assert "3 images" in done.stdout and "P0000.jpg" in done.stdout
     reference_model, _ = load_model(checkpoint)
     for row in rows:  # the dygraph model on each image through utils.train.predict, one at a time
-        expected = predict(reference_model, images / row["name"], image_size=64, normalization=normalization)
+        expected = predict(reference_model, images / row["name"], 64, normalization, tta)
         assert abs(float(row["probability"]) - expected) <= 1e-5
         assert int(row["label"]) == int(float(row["probability"]) >= 0.5)
     other = "course" if normalization == "imagenet" else "imagenet"  # a predictor that ignored the record
-    assert max(abs(float(row["probability"]) - predict(reference_model, images / row["name"], 64, other))
-               for row in rows) > 1e-3
+    for wrong in ({"normalization": other, "tta": tta}, {"normalization": normalization, "tta": not tta}):
+        gaps = [abs(float(row["probability"]) - predict(reference_model, images / row["name"], 64, **wrong))
+                for row in rows]
+        assert max(gaps) > 1e-3, wrong
 
 
 def test_predict_paths_batches_give_the_same_probabilities(classifier, tmp_path):

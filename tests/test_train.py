@@ -45,6 +45,7 @@ from utils.train import (
     predict,
     predict_loader,
     predict_logits,
+    scored_logits,
     train,
     train_one_epoch,
 )
@@ -233,6 +234,8 @@ def test_the_recipes_are_the_cpu_defaults_and_the_original_courses_settings():
         0.001,
     )
     assert (course.batch_size, course.schedule, course.augment, course.arch) == (10, "constant", False, 50)
+    assert TrainConfig().tta and not course.tta  # flip test-time augmentation: the CPU recipe's only
+    assert not parse_args(["--no-tta"]).config.tta
     assert recipe("cpu") == TrainConfig() and recipe("course", seed=2).seed == 2
     assert parse_args(["--recipe", "course"]).config == course
     assert parse_args(["--recipe", "course", "--epochs", "7"]).config == dataclasses.replace(course, epochs=7)
@@ -740,6 +743,22 @@ def test_integration_two_cpu_processes_data_parallel(tiny_fundus):
         tiny_fundus / "data", tiny_fundus / "cache", config, average_statistics=False
     )
     assert largest_difference(first_process_only, reference, running) > 100 * running_tolerance
+
+
+def test_tta_logits_average_the_image_and_its_mirror():
+    paddle.seed(0)
+    model = ResNet(layers=18)
+    model.eval()
+    images = np.random.default_rng(0).uniform(-1, 1, (2, 3, 32, 32)).astype("float32")
+    mirrors = np.ascontiguousarray(images[..., ::-1])  # flipped left-right by NumPy, not by the library
+    with paddle.no_grad():
+        plain, flipped = (model(paddle.to_tensor(x)).numpy() for x in (images, mirrors))
+        tta, tta_of_mirrors = (scored_logits(model, paddle.to_tensor(x), tta=True).numpy()
+                               for x in (images, mirrors))
+        assert np.array_equal(scored_logits(model, paddle.to_tensor(images)).numpy(), plain)
+    np.testing.assert_allclose(tta, (plain + flipped) / 2, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(tta_of_mirrors, tta, rtol=1e-5, atol=1e-6)  # image and mirror: one score
+    assert np.abs(plain - flipped).max() > 1e-4  # not a mirror-symmetric network: TTA changes the logits
 
 
 def test_zero_init_is_opt_in_and_clears_each_branchs_last_gamma():

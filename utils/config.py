@@ -79,6 +79,9 @@ class TrainConfig:
     zero_init: bool = _setting(False, "start every residual block as the identity: the gamma of the "
                                "BatchNorm that ends its branch set to 0 (random initialisation only: "
                                "ImageNet weights replace it); off in both recipes (README: the recipe study)")
+    tta: bool = _setting(True, "flip test-time augmentation: every selection, test and predicted image is "
+                         "scored by the mean logit of the image and its mirror image (twice the prediction "
+                         "work); on in the CPU recipe (README: the recipe study)")
     selection_fraction: float = _setting(0.0, "share of the training images held out (stratified by H, N, P) "
                                          "to choose the threshold and the calibration; 0: none, the "
                                          "threshold is fixed at 0.5", FRACTION)
@@ -108,11 +111,11 @@ class TrainConfig:
 
 #: Named sets of defaults. "cpu" is :class:`TrainConfig`'s own defaults; "course" is the original
 #: course's ResNet-50 section: Momentum 0.001 / 0.9, L2 decay 0.001, batch 10, 224 px, 5 epochs, a
-#: constant learning rate, no augmentation.
+#: constant learning rate, no augmentation (in training or at test time).
 RECIPES = {
     "cpu": {},
     "course": {"epochs": 5, "image_size": 224, "lr": 0.001, "schedule": "constant", "warmup_epochs": 0.0,
-               "augment": False},
+               "augment": False, "tta": False},
 }
 
 

@@ -12,7 +12,8 @@ Files of an exported model folder::
     model.json, model.pdiparams   the graph and the weights (``paddle.jit.save``; Paddle 3 writes
                                   ``model.json``, Paddle 2 wrote ``model.pdmodel``)
     export.json                   the image size and the preprocessing the model expects (its
-                                  normalization is applied by :func:`load_batch` when predicting)
+                                  normalization is applied by :func:`load_batch` when predicting),
+                                  and whether its logits are averaged with the mirror images' (tta)
 
 Command line::
 
@@ -47,12 +48,13 @@ METADATA_FILE = "export.json"
 PREPROCESSING = describe_preprocessing("course")
 
 
-def export_model(model, out_dir, image_size, normalization="course"):
+def export_model(model, out_dir, image_size, normalization="course", tta=False):
     """Save ``model`` (in eval mode) for Paddle Inference under ``out_dir``; returns ``out_dir``.
 
     The input is declared as float32 ``[batch, 3, image_size, image_size]`` with any batch size;
-    ``export.json`` records the image size and the ``normalization`` the model was trained with, so
-    that :class:`ExportedClassifier` preprocesses images the same way.
+    ``export.json`` records the image size and the ``normalization`` the model was trained with, and
+    whether it was scored with flip test-time augmentation (``tta``), so that
+    :class:`ExportedClassifier` preprocesses and scores images the same way.
     """
     check_normalization(normalization)
     out_dir = pathlib.Path(out_dir)
@@ -60,7 +62,7 @@ def export_model(model, out_dir, image_size, normalization="course"):
     spec = paddle.static.InputSpec([None, 3, image_size, image_size], "float32", name="image")
     with eval_mode(model):  # BatchNorm must use its running statistics in the saved graph
         paddle.jit.save(model, str(out_dir / MODEL_PREFIX), input_spec=[spec])
-    metadata = {"image_size": int(image_size), "normalization": normalization,
+    metadata = {"image_size": int(image_size), "normalization": normalization, "tta": bool(tta),
                 "preprocessing": describe_preprocessing(normalization), "output": "one logit per image",
                 "label_1": "pathologic myopia", "paddle": paddle.__version__}
     (out_dir / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
@@ -68,12 +70,12 @@ def export_model(model, out_dir, image_size, normalization="course"):
 
 
 def export_checkpoint(checkpoint, out_dir):
-    """Export the model of a ``utils.train`` checkpoint at the image size and normalization it was
-    trained with."""
+    """Export the model of a ``utils.train`` checkpoint at the image size, normalization and test-time
+    augmentation it was trained and scored with."""
     from utils.train import load_model  # imported here: training code is not needed to predict
 
     model, config = load_model(checkpoint)
-    return export_model(model, out_dir, config.image_size, config.normalization)
+    return export_model(model, out_dir, config.image_size, config.normalization, config.tta)
 
 
 def model_files(model_dir):
@@ -94,12 +96,13 @@ def model_files(model_dir):
 
 def read_metadata(model_dir):
     """The ``export.json`` of an exported model folder (image size and preprocessing). A folder exported
-    before the normalization was recorded used the course's ("course")."""
+    before the normalization and the test-time augmentation were recorded used the course's
+    normalization ("course") and none."""
     path = pathlib.Path(model_dir) / METADATA_FILE
     if not path.is_file():
         raise FileNotFoundError(f"'{path}' is missing: the folder was not written by utils.export, so the "
                                 "image size the model expects is unknown; export it again")
-    return {"normalization": "course", **json.loads(path.read_text())}
+    return {"normalization": "course", "tta": False, **json.loads(path.read_text())}
 
 
 class ExportedClassifier:
@@ -111,7 +114,8 @@ class ExportedClassifier:
     bfloat16 instructions only) runs oneDNN's bfloat16 convolutions: faster, and no longer the same
     maths (logits about 1e-2 relative from float32's; README, "Speed on a CPU"). ``logits(images)`` takes
     float32 ``[N, 3, S, S]`` preprocessed like the training data (:func:`load_batch` with the
-    classifier's ``image_size`` and ``normalization``, read from ``export.json``).
+    classifier's ``image_size`` and ``normalization``, read from ``export.json``); where ``export.json``
+    says ``tta``, each logit is the mean of the image's and its mirror image's, as in training's scoring.
     """
 
     def __init__(self, model_dir, threads=None, onednn=True, device=None, bf16=False):
@@ -120,6 +124,7 @@ class ExportedClassifier:
         graph, params = model_files(model_dir)
         metadata = read_metadata(model_dir)
         self.image_size, self.normalization = int(metadata["image_size"]), metadata["normalization"]
+        self.tta = bool(metadata["tta"])
         config = paddle.inference.Config(str(graph), str(params))
         self.device = pick_device(device)
         if self.device.startswith("gpu"):
@@ -152,6 +157,11 @@ class ExportedClassifier:
             size = self.image_size
             raise ValueError(f"images must have shape [N, 3, {size}, {size}] with N >= 1 (this model was "
                              f"exported at {size} px), got {list(images.shape)}")
+        if self.tta:  # the mean with the mirror images (left-right), as utils.train.scored_logits
+            return (self._run(images) + self._run(np.ascontiguousarray(images[..., ::-1]))) / 2
+        return self._run(images)
+
+    def _run(self, images):
         self._input.reshape(list(images.shape))
         self._input.copy_from_cpu(images)
         self.predictor.run()

@@ -158,27 +158,36 @@ def binary_loss(logits, labels, reduction="mean"):
 
 
 @paddle.no_grad()
-def predict_logits(model, loader):
+def scored_logits(model, images, tta=False):
+    """The model's logits ``[N, 1]`` of a batch; with ``tta`` (flip test-time augmentation) the mean of
+    the logits of the images and of their mirror images (left-right: a right eye looks like a left one)."""
+    logits = model(images)
+    return (logits + model(images.flip(axis=[3]))) / 2 if tta else logits
+
+
+def predict_logits(model, loader, tta=False):
     """The logit and the label of every image in ``loader``, in eval mode: float64 and int64 ``[N]``.
 
-    Images are converted to the model's dtype (the loaders serve float32).
+    Images are converted to the model's dtype (the loaders serve float32). ``tta``: see
+    :func:`scored_logits`.
     """
     logits, labels = [], []
     dtype = model_dtype(model)
     with eval_mode(model):
         for images, batch_labels in loader:
-            logits.append(model(images.astype(dtype)).numpy().reshape(-1).astype(np.float64))  # [B]
+            batch = scored_logits(model, images.astype(dtype), tta)
+            logits.append(batch.numpy().reshape(-1).astype(np.float64))  # [B]
             labels.append(batch_labels.numpy().reshape(-1))
     return np.concatenate(logits), np.concatenate(labels).astype("int64")
 
 
-def predict_loader(model, loader):
+def predict_loader(model, loader, tta=False):
     """Probabilities of label 1 and the labels of every image in ``loader``, in eval mode.
 
     Returns ``(probabilities [N], labels [N], mean loss)`` as NumPy arrays and a float; the loss is
     the mean binary cross-entropy, computed from the logits without overflow.
     """
-    logits, labels = predict_logits(model, loader)
+    logits, labels = predict_logits(model, loader, tta)
     signs = 2.0 * labels - 1.0
     loss = float(np.mean(np.logaddexp(0.0, -signs * logits)))  # -log sigmoid(+-logit)
     return evaluation.calibrated(logits, 1.0), labels, loss
@@ -204,9 +213,9 @@ def binary_metrics(labels, probabilities, threshold=0.5):
     }
 
 
-def evaluate(model, loader, threshold=0.5):
+def evaluate(model, loader, threshold=0.5, tta=False):
     """Loss (mean binary cross-entropy) and :func:`binary_metrics` of ``model`` on ``loader``."""
-    probabilities, labels, loss = predict_loader(model, loader)
+    probabilities, labels, loss = predict_loader(model, loader, tta)
     return {"loss": loss, **binary_metrics(labels, probabilities, threshold)}
 
 
@@ -355,7 +364,7 @@ def train(model, optimizer, train_loader, config, selection_loader=None, schedul
             if world > 1:
                 _average_running_stats(model)
             if selection_loader is not None:
-                scores = evaluate(model, selection_loader)
+                scores = evaluate(model, selection_loader, tta=config.tta)
                 row.update({f"selection_{key}": value for key, value in scores.items()})
             history.append(row)
             if out_dir is not None and rank == 0:
@@ -381,16 +390,18 @@ def operating_point(selection_logits=None, selection_labels=None):
             "temperature": evaluation.fit_temperature(selection_labels, selection_logits)}
 
 
-def assess(model, test_loader, selection_loader=None, prevalence=None, seed=0):
+def assess(model, test_loader, selection_loader=None, prevalence=None, seed=0, tta=False):
     """Score the test set once, at the operating point chosen on the selection split (or fixed).
+
+    ``tta``: both splits scored with flip test-time augmentation (:func:`scored_logits`).
 
     Returns ``{"operating_point", "test", "test_calibrated", "logits", "labels"}``: the two test
     reports of :func:`utils.evaluation.test_report` (the model's probabilities, and after
     temperature scaling; the same decisions, other probabilities), and the test logits and labels.
     """
-    selection = predict_logits(model, selection_loader) if selection_loader is not None else ()
+    selection = predict_logits(model, selection_loader, tta) if selection_loader is not None else ()
     chosen = operating_point(*selection)
-    logits, labels = predict_logits(model, test_loader)
+    logits, labels = predict_logits(model, test_loader, tta)
     threshold, temperature = chosen["threshold"], chosen["temperature"]
     probabilities = evaluation.calibrated(logits, 1.0)
     report = evaluation.test_report(labels, probabilities, threshold, prevalence, seed=seed, scores=logits)
@@ -458,16 +469,17 @@ def plot_history(history, title="ResNet training"):
 
 
 @paddle.no_grad()
-def predict(model, image_path, image_size=224, normalization="course"):
+def predict(model, image_path, image_size=224, normalization="course", tta=False):
     """Probability that the eye in ``image_path`` has pathologic myopia (label 1), in eval mode.
 
-    ``image_size`` and ``normalization`` must be those the model was trained with (the
-    ``config.image_size`` and ``config.normalization`` that :func:`load_model` returns).
+    ``image_size``, ``normalization`` and ``tta`` must be those the model was trained and scored with
+    (the ``config.image_size``, ``config.normalization`` and ``config.tta`` that :func:`load_model`
+    returns).
     """
     image = paddle.to_tensor(load_image(image_path, image_size, normalization)[None])  # [1, 3, S, S]
     image = image.astype(model_dtype(model))
     with eval_mode(model):
-        return float(F.sigmoid(model(image))[0, 0])
+        return float(F.sigmoid(scored_logits(model, image, tta))[0, 0])
 
 
 class SplitDataset(paddle.io.Dataset):
@@ -600,7 +612,7 @@ def run(config, data_root=None, out_dir=None, cache_dir=None, resume=False, prog
         return None
     test_set = make_test_set(root, config, cache_dir)  # only now: training never saw these images
     assessed = assess(model, make_loader(test_set, config.batch_size, num_workers=config.num_workers),
-                      selection_loader, prevalence, seed=config.seed)
+                      selection_loader, prevalence, seed=config.seed, tta=config.tta)
     metrics = {
         "config": dataclasses.asdict(config),
         "data": {"source": source, "root": display_path(root), "train_images": len(train_set),
