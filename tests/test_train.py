@@ -45,6 +45,7 @@ from utils.train import (
     predict,
     predict_loader,
     predict_logits,
+    save_checkpoint,
     scored_logits,
     train,
     train_one_epoch,
@@ -743,6 +744,17 @@ def test_integration_two_cpu_processes_data_parallel(tiny_fundus):
         tiny_fundus / "data", tiny_fundus / "cache", config, average_statistics=False
     )
     assert largest_difference(first_process_only, reference, running) > 100 * running_tolerance
+
+
+def test_a_checkpoint_without_a_tta_record_loads_as_scored_without_it(tmp_path):
+    model = build_model(TINY)
+    config = dataclasses.replace(TINY, schedule="constant")
+    save_checkpoint(tmp_path / "new.pdparams", model, build_optimizer(model, config), 1, config, [])
+    assert TINY.tta and load_model(tmp_path / "new.pdparams")[1].tta
+    checkpoint = paddle.load(str(tmp_path / "new.pdparams"))
+    del checkpoint["config"]["tta"]  # as written before the setting existed
+    paddle.save(checkpoint, str(tmp_path / "old.pdparams"))
+    assert not load_model(tmp_path / "old.pdparams")[1].tta
 
 
 def test_tta_logits_average_the_image_and_its_mirror():

@@ -309,7 +309,8 @@ def load_checkpoint(path):
 def load_model(path):
     """Rebuild the trained model from a checkpoint; returns ``(model in eval mode, config)``."""
     checkpoint = load_checkpoint(path)
-    config = TrainConfig(**checkpoint["config"])
+    # A checkpoint from before test-time augmentation was recorded was scored without it.
+    config = TrainConfig(**{"tta": False, **checkpoint["config"]})
     # The checkpoint holds every weight: the ImageNet file it started from is not needed (nor read).
     model = build_model(dataclasses.replace(config, pretrained=None, normalization=config.normalization))
     model.set_state_dict(checkpoint["model"])
