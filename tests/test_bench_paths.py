@@ -1,5 +1,6 @@
 """Tests for utils.bench_paths: the max-pool gradient reference against finite differences, Paddle's
-eager gradient against it, one worker end to end, and how crashes and rows are reported."""
+eager gradient against it, one worker end to end, and how crashes and rows are reported; the
+small-map comparison's worker and report."""
 
 import argparse
 
@@ -7,8 +8,14 @@ import numpy as np
 import paddle
 import pytest
 
-from utils import bench_paths
-from utils.bench_paths import error_line, format_rows, pool_gradient_error, reference_pool_gradient
+from utils import bench_paths, resnet
+from utils.bench_paths import (
+    error_line,
+    format_rows,
+    pool_gradient_error,
+    reference_pool_gradient,
+    small_maps_report,
+)
 
 
 def direct_objective(x, weight):
@@ -81,6 +88,7 @@ def test_error_line_names_the_failing_op_or_the_error():
     assert found.startswith("FatalError: `Segmentation fault`")
     assert found.endswith("(in egr::to_static::run_program_ad_func)")
     assert error_line("") == "no message"
+    assert error_line("PLEASE USE OMP_NUM_THREADS WISELY.\n") == "no message"  # advice, not an error
 
 
 def test_rows_give_speed_loss_gap_verdict_and_crash():
@@ -104,3 +112,26 @@ def test_arguments_put_dygraph_first_and_check_the_torch_python(tmp_path):
     assert args.paths == ["dygraph", "to-static"]
     with pytest.raises(SystemExit):
         bench_paths.parse_args(["--torch-python", str(tmp_path / "missing")])
+
+
+def test_the_small_map_worker_alternates_both_kinds_of_step_and_pass():
+    args = argparse.Namespace(batch_size=2, warmup=1, reps=2, timeout=300, positions=None)
+    result = bench_paths.run_path("small-maps", 32, args)
+    assert "crash" not in result and result["positions"] == resnet.SMALL_MAP_POSITIONS  # the course's
+    other = argparse.Namespace(**{**vars(args), "positions": 9})
+    assert bench_paths.run_path("small-maps", 32, other)["positions"] == 9
+    for kind in ("train", "eval"):
+        assert len(result[kind]) == 2 and all(len(pair) == 2 and min(pair) > 0 for pair in result[kind])
+    conv2d_only = bench_paths.run_path("conv2d-only", 32, args)
+    assert "crash" not in conv2d_only and len(conv2d_only["times"]) == 2
+
+
+def test_the_small_map_report_gives_the_median_ratio_and_its_quartiles():
+    # (course, conv2d only) seconds: ratios 2.0, 1.0, 1.5, 3.0, 1.2 -> sorted 1.0, 1.2, 1.5, 2.0, 3.0;
+    # quartiles (statistics.quantiles, exclusive method): 1.1, 1.5, 2.5
+    train = [(1.0, 2.0), (2.0, 2.0), (2.0, 3.0), (1.0, 3.0), (5.0, 6.0)]
+    lines = small_maps_report({"image_size": 112, "positions": 49, "train": train, "eval": [(0.5, 0.5)]})
+    assert lines[0] == "112 px, maps of at most 49 positions per image as one product:"
+    assert "conv2d everywhere  3.000 s, small maps as one product  2.000 s: 1.50x" in lines[1]
+    assert "quartiles 1.10-2.50x; 5 pairs" in lines[1]
+    assert "evaluation pass" in lines[2] and ": 1.00x" in lines[2] and "1 pair)" in lines[2]

@@ -5,7 +5,8 @@ Tolerance of the predictor-versus-dygraph comparison: |logit difference| <= 5e-4
 and a quarter of that for probabilities (the sigmoid's slope is at most 1/4). Both compute the same
 function in float32 (unit roundoff 6e-8), but not in the same order: the predictor folds every
 BatchNorm into its convolution's weights and runs oneDNN's blocked AVX-512 convolutions, while dygraph
-runs BatchNorm separately after MKL's im2col + GEMM. Dot products of up to 4,608 terms summed in another
+runs BatchNorm separately after MKL's im2col + GEMM (on maps of 7x7 and smaller, one matrix product over
+the batch: ``utils.resnet.conv2d_as_matmul``). Dot products of up to 4,608 terms summed in another
 order, through ~50 layers, differ by ~1e-6 to 1e-5 relative: 5e-5 was measured on ResNet-50 logits of
 size 1.4, so the tolerance leaves a margin of 10. A real mistake is far larger: a model exported with
 BatchNorm in training mode moves the logits by more than 100 times the tolerance (checked below, so

@@ -6,6 +6,8 @@ optimizer step: Momentum 0.9, lr 0.001, L2 0.001, binary cross-entropy, float32,
 same random images in one fresh process per path, because Paddle reads its flags when it starts:
 
 - ``dygraph``: the course's training step (eager mode), the reference of every ratio;
+- ``conv2d-only``: the same with Paddle's ``conv2d`` kernel on every map (``utils.resnet``'s small
+  maps as one matrix product over the batch turned off: ``paddle_conv2d_only``);
 - ``one-thread``: the same on one math thread: the same maths, its sums split and rounded
   differently, so its distance from ``dygraph``'s losses is the scale of float32 rounding;
 - ``system-allocator``: ``FLAGS_use_system_allocator=1`` (plain ``malloc`` instead of Paddle's pool);
@@ -33,9 +35,16 @@ ends with PyTorch's training step of the same network at each size, measured in 
 at 224 px, the test report) against ``bench_pytorch job --data DIR``, interleaved, ``--job-rounds``
 times. A ``DIR`` that does not exist is filled with a synthetic set first (100 training and 40
 validation images of 2048x2048 px, the size of the real photographs' decoding work).
+
+``--small-maps`` measures instead what ``utils.resnet``'s small-map path gains, in one process per
+size: training steps (and evaluation passes, ``--reps`` of each kind) alternate between the course's
+step and the same step with Paddle's ``conv2d`` everywhere, so that the load of a shared machine
+falls on both alike; it prints the median of the per-pair speed ratios with its quartiles.
+``--positions N`` tries another limit than ``utils.resnet.SMALL_MAP_POSITIONS`` (49: 7x7 maps).
 """
 
 import argparse
+import contextlib
 import json
 import os
 import pathlib
@@ -54,6 +63,7 @@ ONEDNN_LEGACY = {"FLAGS_enable_pir_api": "0", "FLAGS_use_mkldnn": "1"}
 #: name: (environment variables added for the worker, how the step runs, what it is)
 PATHS = {
     "dygraph": ({}, "dygraph", "the course's step (eager mode)"),
+    "conv2d-only": ({}, "dygraph-conv2d", "eager, Paddle's conv2d on every map"),
     "one-thread": ({"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}, "dygraph",
                    "eager, 1 thread (rounding scale)"),
     "system-allocator": ({"FLAGS_use_system_allocator": "1"}, "dygraph", "eager, system allocator"),
@@ -126,6 +136,7 @@ def measure(spec):
 
     from utils.config import recipe
     from utils.course import import_paddle_quietly, set_math_threads
+    from utils.resnet import paddle_conv2d_only
 
     paddle = import_paddle_quietly()
     paddle.set_device("cpu")
@@ -133,6 +144,8 @@ def measure(spec):
     from utils.train import TrainConfig, binary_loss, build_model, build_optimizer
 
     mode, size, batch = spec["mode"], spec["image_size"], spec["batch_size"]
+    if mode == "paired":
+        return measure_small_maps(paddle, spec)
     # first, on a line of its own: a path whose training crashes still reports its gradient check
     error = pool_gradient_error(paddle, "static" if mode == "static" else "dygraph")
     print(json.dumps({"pool_gradient_error": error}), flush=True)
@@ -150,15 +163,73 @@ def measure(spec):
         forward = model
     model.train()
     losses, times = [], []
-    for _ in range(spec["warmup"] + spec["reps"]):
-        start = time.perf_counter()
-        loss = binary_loss(forward(images), labels)
-        loss.backward()
-        optimizer.step()
-        optimizer.clear_grad()
-        losses.append(float(loss))
-        times.append(time.perf_counter() - start)
+    with paddle_conv2d_only() if mode == "dygraph-conv2d" else contextlib.nullcontext():
+        for _ in range(spec["warmup"] + spec["reps"]):
+            start = time.perf_counter()
+            loss = binary_loss(forward(images), labels)
+            loss.backward()
+            optimizer.step()
+            optimizer.clear_grad()
+            losses.append(float(loss))
+            times.append(time.perf_counter() - start)
     return {"path": spec["path"], "image_size": size, "times": times[spec["warmup"]:], "losses": losses}
+
+
+def measure_small_maps(paddle, spec):
+    """The course's step and evaluation pass against the same with Paddle's conv2d everywhere,
+    alternating one by one; their seconds, in pairs."""
+    import numpy as np
+
+    from utils import resnet
+    from utils.config import recipe
+    from utils.resnet import paddle_conv2d_only
+    from utils.train import TrainConfig, binary_loss, build_model, build_optimizer, train_step
+
+    size, batch = spec["image_size"], spec["batch_size"]
+    if spec["positions"] is not None:
+        resnet.SMALL_MAP_POSITIONS = spec["positions"]
+    model = build_model(TrainConfig(arch=50, seed=0))
+    optimizer = build_optimizer(model, recipe("course"))
+    pixels = np.random.default_rng(0).uniform(-1, 1, (batch, 3, size, size)).astype("float32")
+    images = paddle.to_tensor(pixels)
+    labels = paddle.to_tensor(np.array([[float(i % 2)] for i in range(batch)], "float32"))
+
+    def timed(work, conv2d_only):
+        with paddle_conv2d_only() if conv2d_only else contextlib.nullcontext():
+            start = time.perf_counter()
+            work()
+            return time.perf_counter() - start
+
+    def step():
+        train_step(model, images, labels, optimizer)
+
+    @paddle.no_grad()
+    def evaluate():
+        float(binary_loss(model(images), labels))
+
+    result = {"path": "small-maps", "image_size": size, "positions": resnet.SMALL_MAP_POSITIONS}
+    for name, work, training in (("train", step, True), ("eval", evaluate, False)):
+        model.train() if training else model.eval()
+        pairs = [(timed(work, False), timed(work, True)) for _ in range(spec["warmup"] + spec["reps"])]
+        result[name] = pairs[spec["warmup"]:]  # (course, conv2d only) seconds
+    return result
+
+
+def small_maps_report(result):
+    """Lines of one size's ``--small-maps`` result."""
+    lines = [f"{result['image_size']} px, maps of at most {result['positions']} positions per image as one "
+             f"product:"]
+    for name, what in (("train", "training step"), ("eval", "evaluation pass")):
+        pairs = result[name]
+        course = statistics.median(course for course, _ in pairs)
+        plain = statistics.median(plain for _, plain in pairs)
+        ratios = sorted(plain / course for course, plain in pairs)
+        quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
+        lines.append(f"  {what:16} conv2d everywhere {plain:6.3f} s, "
+                     f"small maps as one product {course:6.3f} s: "
+                     f"{quartiles[1]:.2f}x (pairs' quartiles {quartiles[0]:.2f}-{quartiles[2]:.2f}x; "
+                     f"{len(pairs)} pair{'s' if len(pairs) != 1 else ''})")
+    return lines
 
 
 def after_stem(model):
@@ -185,7 +256,9 @@ def after_stem(model):
 
 def error_line(stderr):
     """The line of a crashed worker's stderr that says what went wrong (Paddle prints several)."""
-    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    # Intel's OpenMP runtime ends some crashes with advice that names no error: not the message
+    lines = [line.strip() for line in stderr.splitlines()
+             if line.strip() and "PLEASE USE OMP_NUM_THREADS WISELY" not in line]
     failed_op = [line.split("] ", 1)[-1] for line in lines if "raises an exception" in line]
     errors = [line for line in lines if re.search(r"(Error|what\(\)):", line) and "Summary" not in line]
     found = failed_op[0] if failed_op else errors[-1] if errors else lines[-1] if lines else "no message"
@@ -197,9 +270,11 @@ def error_line(stderr):
 
 def run_path(path, size, args):
     """Run one path in a fresh process; its result dict, or ``{"crash": ...}`` if it died."""
-    extra_env, mode, _ = PATHS[path]
+    extra_env, mode = ({}, "paired") if path == "small-maps" else PATHS[path][:2]
     spec = {"path": path, "mode": mode, "image_size": size, "batch_size": args.batch_size,
             "warmup": args.warmup, "reps": args.reps}
+    if path == "small-maps":
+        spec["positions"] = args.positions
     env = {**os.environ, **extra_env, "GLOG_minloglevel": "1"}  # Paddle's warnings name a failing op
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     command = [sys.executable, "-m", "utils.bench_paths", "--worker", json.dumps(spec)]
@@ -209,7 +284,7 @@ def run_path(path, size, args):
     for line in done.stdout.splitlines():
         if line.startswith("{"):
             result.update(json.loads(line))
-    if done.returncode != 0 or "times" not in result:
+    if done.returncode != 0 or not ("times" in result or "train" in result):
         status = f"signal {-done.returncode}" if done.returncode < 0 else f"exit status {done.returncode}"
         result["crash"] = f"{status}: {error_line(done.stderr)}"
     return result
@@ -321,12 +396,20 @@ def parse_args(argv=None):
     parser.add_argument("--job", metavar="DIR", help="also time the end-to-end job on this image folder "
                         "(generated there if it does not exist)")
     parser.add_argument("--job-rounds", type=int, default=3, help="default: %(default)s")
+    parser.add_argument("--small-maps", action="store_true",
+                        help="measure only the small-map path against conv2d everywhere, alternating in one "
+                        "process per size (--reps pairs of each kind; 15 or more for a noisy machine)")
+    parser.add_argument("--positions", type=int, default=None, metavar="N",
+                        help="with --small-maps: the largest output map (positions per image) taken as one "
+                        "product (default: utils.resnet.SMALL_MAP_POSITIONS, the course's)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # internal: one measurement, as JSON
     args = parser.parse_args(argv)
     check_flag(parser, "--batch-size", args.batch_size, setting_rule("batch_size"))
     for size in args.sizes:
         check_flag(parser, "--sizes", size, setting_rule("image_size"))
     check_flag(parser, "--warmup", args.warmup, NOT_NEGATIVE)
+    if args.positions is not None:
+        check_flag(parser, "--positions", args.positions, NOT_NEGATIVE)
     counts = (("--reps", args.reps), ("--job-rounds", args.job_rounds), ("--timeout", args.timeout))
     for flag, value in counts:
         check_flag(parser, flag, value, AT_LEAST_ONE)
@@ -345,6 +428,17 @@ def main(argv=None):
     started = time.perf_counter()
     threads = configure_environment()
     print(machine_line(machine_description(), threads), flush=True)
+    if args.small_maps:
+        print(f"ResNet-50, batch {args.batch_size}: the small maps as one product against Paddle's conv2d "
+              f"everywhere, alternating (speed: median of the pairs' ratios)")
+        for size in args.sizes:
+            result = run_path("small-maps", size, args)
+            if "crash" in result:
+                raise RuntimeError(f"the small-map measurement at {size} px failed: {result['crash']}")
+            print("\n".join(small_maps_report(result)), flush=True)
+        print(f"\nwhole benchmark {time.perf_counter() - started:.0f} s; load average at end "
+              f"{machine_description()['load_average_1min']}")
+        return 0
     tables = []
     for size in args.sizes:
         results = []
