@@ -127,21 +127,34 @@ def pool_gradient_error(paddle, mode):
     return float(np.linalg.norm(conv.weight.grad.numpy() - expected) / np.linalg.norm(expected))
 
 
+def benchmark_setup(paddle, size, batch):
+    """The benchmark's ResNet-50 (seed 0), the original course's optimizer (Momentum 0.9, lr 0.001,
+    L2 0.001), and one batch of seeded random images with alternating labels."""
+    import numpy as np
+
+    from utils.config import recipe
+    from utils.train import TrainConfig, build_model, build_optimizer
+
+    model = build_model(TrainConfig(arch=50, seed=0))
+    optimizer = build_optimizer(model, recipe("course"))
+    pixels = np.random.default_rng(0).uniform(-1, 1, (batch, 3, size, size)).astype("float32")
+    images = paddle.to_tensor(pixels)
+    labels = paddle.to_tensor(np.array([[float(i % 2)] for i in range(batch)], "float32"))
+    return model, optimizer, images, labels
+
+
 def measure(spec):
     """One path at one size: step times, losses, the gradient check; a JSON-ready dict."""
     import warnings
 
     warnings.filterwarnings("ignore")
-    import numpy as np
-
-    from utils.config import recipe
     from utils.course import import_paddle_quietly, set_math_threads
     from utils.resnet import paddle_conv2d_only
 
     paddle = import_paddle_quietly()
     paddle.set_device("cpu")
     set_math_threads(int(os.environ["OMP_NUM_THREADS"]))
-    from utils.train import TrainConfig, binary_loss, build_model, build_optimizer
+    from utils.train import binary_loss
 
     mode, size, batch = spec["mode"], spec["image_size"], spec["batch_size"]
     if mode == "paired":
@@ -149,11 +162,7 @@ def measure(spec):
     # first, on a line of its own: a path whose training crashes still reports its gradient check
     error = pool_gradient_error(paddle, "static" if mode == "static" else "dygraph")
     print(json.dumps({"pool_gradient_error": error}), flush=True)
-    model = build_model(TrainConfig(arch=50, seed=0))
-    optimizer = build_optimizer(model, recipe("course"))  # Momentum 0.9, lr 0.001, L2 0.001
-    pixels = np.random.default_rng(0).uniform(-1, 1, (batch, 3, size, size)).astype("float32")
-    images = paddle.to_tensor(pixels)
-    labels = paddle.to_tensor(np.array([[float(i % 2)] for i in range(batch)], "float32"))
+    model, optimizer, images, labels = benchmark_setup(paddle, size, batch)
     if mode == "static":
         forward = paddle.jit.to_static(model, full_graph=True)
     elif mode == "body":
@@ -178,21 +187,14 @@ def measure(spec):
 def measure_small_maps(paddle, spec):
     """The course's step and evaluation pass against the same with Paddle's conv2d everywhere,
     alternating one by one; their seconds, in pairs."""
-    import numpy as np
-
     from utils import resnet
-    from utils.config import recipe
     from utils.resnet import paddle_conv2d_only
-    from utils.train import TrainConfig, binary_loss, build_model, build_optimizer, train_step
+    from utils.train import binary_loss, train_step
 
     size, batch = spec["image_size"], spec["batch_size"]
     if spec["positions"] is not None:
         resnet.SMALL_MAP_POSITIONS = spec["positions"]
-    model = build_model(TrainConfig(arch=50, seed=0))
-    optimizer = build_optimizer(model, recipe("course"))
-    pixels = np.random.default_rng(0).uniform(-1, 1, (batch, 3, size, size)).astype("float32")
-    images = paddle.to_tensor(pixels)
-    labels = paddle.to_tensor(np.array([[float(i % 2)] for i in range(batch)], "float32"))
+    model, optimizer, images, labels = benchmark_setup(paddle, size, batch)
 
     def timed(work, conv2d_only):
         with paddle_conv2d_only() if conv2d_only else contextlib.nullcontext():
