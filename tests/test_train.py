@@ -237,6 +237,8 @@ def test_the_recipes_are_the_cpu_defaults_and_the_original_courses_settings():
     assert (course.batch_size, course.schedule, course.augment, course.arch) == (10, "constant", False, 50)
     assert TrainConfig().tta and not course.tta  # flip test-time augmentation: the CPU recipe's only
     assert not parse_args(["--no-tta"]).config.tta
+    assert TrainConfig().grad_clip == 5.0 and course.grad_clip == 0.0  # the original course did not clip
+    assert parse_args(["--grad-clip", "0"]).config.grad_clip == 0.0
     assert recipe("cpu") == TrainConfig() and recipe("course", seed=2).seed == 2
     assert parse_args(["--recipe", "course"]).config == course
     assert parse_args(["--recipe", "course", "--epochs", "7"]).config == dataclasses.replace(course, epochs=7)
@@ -260,6 +262,43 @@ def test_cosine_schedule_is_linear_warmup_from_a_tenth_then_cosine_to_zero(warmu
     assert build_schedule(dataclasses.replace(config, schedule="constant"), steps) == 0.1
     with pytest.raises(ValueError, match="pass the scheduler"):
         build_optimizer(build_model(config), config)
+
+
+@pytest.mark.parametrize("grad_clip", [0.0, 0.5, 100.0])
+def test_momentum_steps_clip_the_global_gradient_norm_then_add_weight_decay(grad_clip):
+    # Two steps of Momentum on a linear layer against the update written out in NumPy (float64):
+    # g = grad * min(1, clip / ||grad of all weights||); g += decay * w; v = m v + g; w -= lr v.
+    # (Paddle passes the momentum and the decay coefficient to its kernel as float32 numbers.)
+    lr, momentum, decay = 0.1, float(np.float32(0.9)), float(np.float32(0.01))
+    paddle.seed(3)
+    layer = paddle.nn.Linear(3, 2)
+    layer.to(dtype="float64")
+    config = dataclasses.replace(TINY, lr=0.1, momentum=0.9, weight_decay=0.01, schedule="constant",
+                                 grad_clip=grad_clip, dtype="float64")
+    optimizer = build_optimizer(layer, config)
+    x = np.random.default_rng(0).normal(size=(4, 3))
+    weights = [layer.weight.numpy().copy(), layer.bias.numpy().copy()]
+    velocity = [np.zeros_like(w) for w in weights]
+    norms = []
+    for _ in range(2):
+        out = layer(paddle.to_tensor(x))
+        (out**2).sum().backward()
+        w, b = weights
+        y = x @ w + b
+        grads = [x.T @ (2 * y), (2 * y).sum(axis=0)]  # d/dw, d/db of the sum of squares
+        norms.append(math.sqrt(sum(float((g**2).sum()) for g in grads)))
+        scale = min(1.0, grad_clip / norms[-1]) if grad_clip else 1.0
+        for k, g in enumerate(grads):
+            velocity[k] = momentum * velocity[k] + g * scale + decay * weights[k]
+            weights[k] = weights[k] - lr * velocity[k]
+        optimizer.step()
+        optimizer.clear_grad()
+        np.testing.assert_allclose(layer.weight.numpy(), weights[0], rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(layer.bias.numpy(), weights[1], rtol=1e-12, atol=1e-12)
+    if grad_clip == 0.5:
+        assert min(norms) > 0.5, "the clipping must have acted in this case"
+    if grad_clip == 100.0:
+        assert max(norms) < 100.0, "a norm below the limit passes unchanged"
 
 
 def test_train_keeps_history_scores_the_selection_split_and_saves_the_last_checkpoint(tmp_path):
@@ -712,11 +751,14 @@ def test_integration_two_cpu_processes_data_parallel(tiny_fundus):
     other math path moved the weights by 20% of their change).
     """
     out = tiny_fundus / "distributed"
+    # Unclipped: a clipped step is the same for a gradient and for twice that gradient, so clipping
+    # would hide the summing mistake checked below.
     config = TrainConfig(arch=18, epochs=1, batch_size=3, image_size=64, lr=0.01, seed=0, schedule="constant",
-                         augment=False)
+                         augment=False, grad_clip=0.0)
     stdout = run_cli(
         "utils/train.py", "--data", str(tiny_fundus / "data"), "--arch", "18", "--epochs", "1",
         "--batch-size", "3", "--image-size", "64", "--lr", "0.01", "--schedule", "constant", "--no-augment",
+        "--grad-clip", "0",
         "--out", str(out), "--cache-dir", str(tiny_fundus / "cache"),
         launcher=("-m", "paddle.distributed.launch", "--nproc_per_node", "2", "--log_dir", str(out / "logs")),
     )
@@ -746,15 +788,17 @@ def test_integration_two_cpu_processes_data_parallel(tiny_fundus):
     assert largest_difference(first_process_only, reference, running) > 100 * running_tolerance
 
 
-def test_a_checkpoint_without_a_tta_record_loads_as_scored_without_it(tmp_path):
+def test_a_checkpoint_without_a_tta_or_clipping_record_loads_as_made_without_them(tmp_path):
     model = build_model(TINY)
     config = dataclasses.replace(TINY, schedule="constant")
     save_checkpoint(tmp_path / "new.pdparams", model, build_optimizer(model, config), 1, config, [])
-    assert TINY.tta and load_model(tmp_path / "new.pdparams")[1].tta
+    saved = load_model(tmp_path / "new.pdparams")[1]
+    assert TINY.tta and saved.tta and TINY.grad_clip == saved.grad_clip == 5.0
     checkpoint = paddle.load(str(tmp_path / "new.pdparams"))
-    del checkpoint["config"]["tta"]  # as written before the setting existed
+    del checkpoint["config"]["tta"], checkpoint["config"]["grad_clip"]  # as written before the settings existed
     paddle.save(checkpoint, str(tmp_path / "old.pdparams"))
-    assert not load_model(tmp_path / "old.pdparams")[1].tta
+    old = load_model(tmp_path / "old.pdparams")[1]
+    assert not old.tta and old.grad_clip == 0.0
 
 
 def test_tta_logits_average_the_image_and_its_mirror():

@@ -69,6 +69,9 @@ class TrainConfig:
     lr: float = _setting(0.01, "peak Momentum learning rate", POSITIVE)
     momentum: float = _setting(0.9, "Momentum's momentum", Rule(lambda value: 0 <= value < 1, "in [0, 1)"))
     weight_decay: float = _setting(0.001, "L2 decay coefficient, as paddle.regularizer.L2Decay", NOT_NEGATIVE)
+    grad_clip: float = _setting(5.0, "clip the gradient's global norm (all weights together, before the weight "
+                                "decay is added) at this value, as paddle.nn.ClipGradByGlobalNorm; 0: no "
+                                "clipping; the CPU recipe clips (README: the recipe's start)", NOT_NEGATIVE)
     schedule: str = _setting("cosine", "learning rate over the run: constant, or cosine (a linear warmup "
                              "from lr/10, then cosine decay to 0, updated every batch)", one_of(SCHEDULES),
                              choices=SCHEDULES)
@@ -111,11 +114,11 @@ class TrainConfig:
 
 #: Named sets of defaults. "cpu" is :class:`TrainConfig`'s own defaults; "course" is the original
 #: course's ResNet-50 section: Momentum 0.001 / 0.9, L2 decay 0.001, batch 10, 224 px, 5 epochs, a
-#: constant learning rate, no augmentation (in training or at test time).
+#: constant learning rate, no augmentation (in training or at test time), no gradient clipping.
 RECIPES = {
     "cpu": {},
     "course": {"epochs": 5, "image_size": 224, "lr": 0.001, "schedule": "constant", "warmup_epochs": 0.0,
-               "augment": False, "tta": False},
+               "augment": False, "tta": False, "grad_clip": 0.0},
 }
 
 

@@ -140,7 +140,9 @@ def build_schedule(config, steps_per_epoch):
 
 def build_optimizer(model, config, schedule=None):
     """The course's optimizer: Momentum with L2 weight decay, at ``schedule`` (a learning rate or a
-    scheduler from :func:`build_schedule`; default ``config.lr``, constant)."""
+    scheduler from :func:`build_schedule`; default ``config.lr``, constant). With ``config.grad_clip``
+    > 0 the gradient of all weights together is first scaled down to that global norm where it is
+    longer (the weight decay is added after the clipping)."""
     if schedule is None and config.schedule != "constant":
         raise ValueError(f"config.schedule is {config.schedule!r}: pass the scheduler of build_schedule()")
     return paddle.optimizer.Momentum(
@@ -148,6 +150,7 @@ def build_optimizer(model, config, schedule=None):
         momentum=config.momentum,
         parameters=model.parameters(),
         weight_decay=paddle.regularizer.L2Decay(config.weight_decay),
+        grad_clip=paddle.nn.ClipGradByGlobalNorm(config.grad_clip) if config.grad_clip else None,
     )
 
 
@@ -309,8 +312,9 @@ def load_checkpoint(path):
 def load_model(path):
     """Rebuild the trained model from a checkpoint; returns ``(model in eval mode, config)``."""
     checkpoint = load_checkpoint(path)
-    # A checkpoint from before test-time augmentation was recorded was scored without it.
-    config = TrainConfig(**{"tta": False, **checkpoint["config"]})
+    # A checkpoint from before test-time augmentation (or clipping) was recorded was scored (trained)
+    # without it.
+    config = TrainConfig(**{"tta": False, "grad_clip": 0.0, **checkpoint["config"]})
     # The checkpoint holds every weight: the ImageNet file it started from is not needed (nor read).
     model = build_model(dataclasses.replace(config, pretrained=None, normalization=config.normalization))
     model.set_state_dict(checkpoint["model"])
