@@ -795,7 +795,7 @@ def test_a_checkpoint_without_a_tta_or_clipping_record_loads_as_made_without_the
     saved = load_model(tmp_path / "new.pdparams")[1]
     assert TINY.tta and saved.tta and TINY.grad_clip == saved.grad_clip == 5.0
     checkpoint = paddle.load(str(tmp_path / "new.pdparams"))
-    del checkpoint["config"]["tta"], checkpoint["config"]["grad_clip"]  # as written before the settings existed
+    del checkpoint["config"]["tta"], checkpoint["config"]["grad_clip"]  # as before the settings existed
     paddle.save(checkpoint, str(tmp_path / "old.pdparams"))
     old = load_model(tmp_path / "old.pdparams")[1]
     assert not old.tta and old.grad_clip == 0.0

@@ -69,9 +69,10 @@ class TrainConfig:
     lr: float = _setting(0.01, "peak Momentum learning rate", POSITIVE)
     momentum: float = _setting(0.9, "Momentum's momentum", Rule(lambda value: 0 <= value < 1, "in [0, 1)"))
     weight_decay: float = _setting(0.001, "L2 decay coefficient, as paddle.regularizer.L2Decay", NOT_NEGATIVE)
-    grad_clip: float = _setting(5.0, "clip the gradient's global norm (all weights together, before the weight "
-                                "decay is added) at this value, as paddle.nn.ClipGradByGlobalNorm; 0: no "
-                                "clipping; the CPU recipe clips (README: the recipe's start)", NOT_NEGATIVE)
+    grad_clip: float = _setting(5.0, "clip the gradient's global norm (all weights together, before the "
+                                "weight decay is added) at this value, as paddle.nn.ClipGradByGlobalNorm; 0: "
+                                "no clipping; the CPU recipe clips (README: the recipe's start)",
+                                NOT_NEGATIVE)
     schedule: str = _setting("cosine", "learning rate over the run: constant, or cosine (a linear warmup "
                              "from lr/10, then cosine decay to 0, updated every batch)", one_of(SCHEDULES),
                              choices=SCHEDULES)
