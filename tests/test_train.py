@@ -799,6 +799,10 @@ def test_a_checkpoint_without_a_tta_or_clipping_record_loads_as_made_without_the
     paddle.save(checkpoint, str(tmp_path / "old.pdparams"))
     old = load_model(tmp_path / "old.pdparams")[1]
     assert not old.tta and old.grad_clip == 0.0
+    # Resuming such a run with today's defaults would continue it clipped: refused, naming the change.
+    paddle.save(checkpoint, str(tmp_path / LAST_CHECKPOINT))
+    with pytest.raises(ValueError, match=r"grad_clip: 0.0 -> 5.0.*tta: False -> True"):
+        train(build_model(TINY), build_optimizer(model, config), None, config, out_dir=tmp_path, resume=True)
 
 
 def test_tta_logits_average_the_image_and_its_mirror():

@@ -309,12 +309,20 @@ def load_checkpoint(path):
     return paddle.load(str(path))
 
 
+#: What a checkpoint written before a setting existed was made with: scored without test-time
+#: augmentation, trained without clipping.
+SETTINGS_BEFORE_RECORDED = {"tta": False, "grad_clip": 0.0}
+
+
+def saved_settings(checkpoint):
+    """The settings of a checkpoint, with :data:`SETTINGS_BEFORE_RECORDED` for those it predates."""
+    return {**SETTINGS_BEFORE_RECORDED, **checkpoint["config"]}
+
+
 def load_model(path):
     """Rebuild the trained model from a checkpoint; returns ``(model in eval mode, config)``."""
     checkpoint = load_checkpoint(path)
-    # A checkpoint from before test-time augmentation (or clipping) was recorded was scored (trained)
-    # without it.
-    config = TrainConfig(**{"tta": False, "grad_clip": 0.0, **checkpoint["config"]})
+    config = TrainConfig(**saved_settings(checkpoint))
     # The checkpoint holds every weight: the ImageNet file it started from is not needed (nor read).
     model = build_model(dataclasses.replace(config, pretrained=None, normalization=config.normalization))
     model.set_state_dict(checkpoint["model"])
@@ -341,7 +349,7 @@ def train(model, optimizer, train_loader, config, selection_loader=None, schedul
         if out_dir is None:
             raise ValueError("resume=True needs the out_dir that holds the checkpoint")
         checkpoint = load_checkpoint(out_dir / LAST_CHECKPOINT)
-        _check_same_config(checkpoint["config"], config)
+        _check_same_config(saved_settings(checkpoint), config)
         model.set_state_dict(checkpoint["model"])
         to_current = {name: key for key, name in _parameter_names(model).items()}
         with warnings.catch_warnings():
