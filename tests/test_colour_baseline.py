@@ -103,6 +103,14 @@ def test_baseline_is_a_standardised_logistic_regression():
     np.testing.assert_allclose(baseline.probabilities(new), reference.predict_proba(new)[:, 1], atol=1e-6)
 
 
+def test_an_image_without_a_retina_is_named(tmp_path):
+    good, black = tmp_path / "P0001.png", tmp_path / "N0002.png"
+    cv2.imwrite(str(good), _test_image()[:, :, ::-1])
+    cv2.imwrite(str(black), np.zeros((32, 32, 3), np.uint8))
+    with pytest.raises(ValueError, match=r"N0002\.png: no retina found"):
+        cb.statistics_of_files([good, black], image_size=24, workers=2)
+
+
 def test_files_are_decoded_at_the_baseline_size(tmp_path):
     image = _test_image()
     paths = []

@@ -480,6 +480,23 @@ def test_resolve_falls_back_to_a_synthetic_set_generated_once(tmp_path, monkeypa
     assert [p.name for p in (tmp_path / "d").iterdir()] == ["synthetic"], "no temporary folder left"
 
 
+def test_resolve_refuses_an_incomplete_data_palm_instead_of_drawing(data, tmp_path, monkeypatch):
+    """A half-unpacked data/palm is an error that says what is missing, never the synthetic set."""
+    monkeypatch.delenv("PALM_DATA", raising=False)
+    local = tmp_path / "d" / "palm"
+    shutil.copytree(data, local)
+    shutil.rmtree(local / "PALM-Validation400")
+    with pytest.raises(FileNotFoundError, match=r"palm holds files but not the whole data set: .*Validation"):
+        palm.resolve_data_root(data_dir=tmp_path / "d", aistudio_dir=tmp_path / "none", quiet=True)
+    assert not (tmp_path / "d" / "synthetic").exists(), "nothing generated"
+    shutil.rmtree(local)
+    local.mkdir()  # an empty data/palm means no real data: the synthetic set
+    options = {"n_train": 5, "n_valid": 4, "image_size": 32, "seed": 1}
+    _, kind = palm.resolve_data_root(data_dir=tmp_path / "d", aistudio_dir=tmp_path / "none",
+                                     synthetic_options=options, quiet=True)
+    assert kind == "synthetic"
+
+
 def test_display_path_never_shows_absolute_paths(tmp_path):
     assert palm.display_path(palm.DATA_DIR / "synthetic") == "data/synthetic"
     assert palm.display_path(tmp_path / "x" / "palm") == ".../palm"

@@ -90,8 +90,14 @@ def _decode(path, image_size):
 
 def statistics_of_files(paths, image_size=IMAGE_SIZE, workers=None):
     """(N, len(STATISTICS)) float64 array: the statistics of each image file, decoded at ``image_size``."""
+    def statistics(path):
+        try:
+            return image_statistics(_decode(path, image_size))
+        except ValueError as error:  # name the image among hundreds
+            raise ValueError(f"{path}: {error}") from error
+
     with ThreadPoolExecutor(workers or cpu_count()) as pool:
-        rows = list(pool.map(lambda path: image_statistics(_decode(path, image_size)), paths))
+        rows = list(pool.map(statistics, paths))
     return np.array(rows).reshape(len(rows), len(STATISTICS))
 
 

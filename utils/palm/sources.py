@@ -75,8 +75,10 @@ def resolve_data_root(data_root=None, data_dir=None, aistudio_dir=AISTUDIO_DATA,
     In order: ``data_root`` when given, then ``$PALM_DATA`` (both must hold the data, else an error
     says what is missing); ``data/palm/``; the official archives where AI Studio mounts data sets
     (unpacked into ``data/palm/``); otherwise the synthetic set, generated once into
-    ``data/synthetic/`` with ``synthetic_options`` (default :data:`SYNTHETIC_OPTIONS`). Prints one
-    line saying which data is used (unless ``quiet``), never an absolute path.
+    ``data/synthetic/`` (a ``data/palm/`` that holds files but not the whole data set is an error
+    that says what is missing, never a silent fallback to drawn images) with ``synthetic_options``
+    (default :data:`SYNTHETIC_OPTIONS`). Prints one line saying which data is used (unless
+    ``quiet``), never an absolute path.
     """
     data_dir = DATA_DIR if data_dir is None else pathlib.Path(data_dir)
     say = (lambda text: None) if quiet else print
@@ -94,14 +96,18 @@ def resolve_data_root(data_root=None, data_dir=None, aistudio_dir=AISTUDIO_DATA,
         find_layout(local)
         say(f"Data: the real iChallenge-PM images in {display_path(local)}")
         return local, "real"
-    except FileNotFoundError:
-        pass
+    except FileNotFoundError as error:
+        incomplete = error if local.is_dir() and any(local.iterdir()) else None
     archives = find_archives(aistudio_dir)
     if len(archives) == len(ARCHIVES):
         say("Data: unpacking the iChallenge-PM archives found in AI Studio's data folder ...")
         extract_archives(aistudio_dir, local)
         say(f"Data: the real iChallenge-PM images in {display_path(local)}")
         return local, "real"
+    if incomplete is not None:  # never train on drawn images when the reader meant the real ones
+        raise FileNotFoundError(
+            f"{display_path(local)} holds files but not the whole data set: {incomplete} "
+            f"(or remove {display_path(local)} to use the synthetic set)") from incomplete
     options = dict(SYNTHETIC_OPTIONS, **(synthetic_options or {}))
     root, generated = ensure_synthetic(data_dir / "synthetic", progress=not quiet, **options)
     say(f"Data: SYNTHETIC fundus images in {display_path(root)} (no real iChallenge-PM data found, see "
