@@ -2,7 +2,13 @@
 the colour baseline's bound, the official layout."""
 
 import csv
+import hashlib
 import json
+import os
+import pathlib
+import platform
+import subprocess
+import sys
 
 import cv2
 import numpy as np
@@ -303,3 +309,44 @@ def test_make_dataset_is_deterministic(tmp_path):
     assert len(files) == 6
     for name in files:
         assert (first / name).read_bytes() == (second / name).read_bytes()
+
+
+#: Images of this generator version; every CPU must draw exactly these.
+PINNED_IMAGES = {
+    ("H", 160, 0): "d462cfafb566070d",
+    ("N", 160, 1): "fd89ae976e7224c3",
+    ("P", 160, 2): "9ef052f658c131cb",
+    ("P", (300, 290), 3): "f38d8da4ffc7ec48",
+}
+#: Images where NumPy's and OpenCV's float32 SIMD paths once moved a pixel by one grey level.
+CPU_SENSITIVE = [(kind, 512, seed) for kind in "HNP" for seed in range(4)]
+DIGESTS = ("import hashlib, sys; from utils.synthetic_fundus import fundus_image; "
+           "print(*(hashlib.sha256(fundus_image(k, s, n).tobytes()).hexdigest() for k, s, n in {jobs}))")
+
+
+def digest(image, length=None):
+    return hashlib.sha256(image.tobytes()).hexdigest()[:length]
+
+
+def test_the_drawing_is_pinned_to_its_generator_version():
+    for (kind, size, seed), expected in PINNED_IMAGES.items():
+        assert digest(fundus_image(kind, size, seed), 16) == expected, (
+            f"fundus_image{(kind, size, seed)} changed: if the drawing was changed on purpose, increase "
+            f"GENERATOR_VERSION (now {GENERATOR_VERSION}) and update PINNED_IMAGES")
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="the disabled paths are x86 ones")
+def test_the_images_do_not_depend_on_the_cpus_simd_paths():
+    # NumPy and OpenCV choose their kernels by CPU (AVX-512, AVX2 or neither): a process with them
+    # restricted to the x86-64 baseline computes what an older or smaller CPU computes.
+    from numpy._core._multiarray_umath import __cpu_dispatch__, __cpu_features__
+
+    found = [name for name in __cpu_dispatch__ if __cpu_features__.get(name)]
+    if not found:
+        pytest.skip("this CPU runs NumPy's baseline kernels only: nothing to compare with")
+    env = {**os.environ, "NPY_DISABLE_CPU_FEATURES": " ".join(found),
+           "OPENCV_CPU_DISABLE": "AVX2,FMA3,AVX,POPCNT"}
+    baseline = subprocess.run([sys.executable, "-c", DIGESTS.format(jobs=CPU_SENSITIVE)], env=env, check=True,
+                              capture_output=True, text=True, cwd=pathlib.Path(__file__).parents[1])
+    here = [digest(fundus_image(*job)) for job in CPU_SENSITIVE]
+    assert baseline.stdout.split() == here

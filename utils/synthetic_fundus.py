@@ -51,7 +51,7 @@ from utils.course import cpu_count
 from utils.palm.layout import GT_DIR, GT_XLSX, TRAIN_DIR, VALID_DIR
 
 #: Changes whenever the drawing changes, so that a stored synthetic set is regenerated.
-GENERATOR_VERSION = 4
+GENERATOR_VERSION = 5
 #: Label of each kind of image (the first letter of a training file name).
 KIND_LABELS = {"H": 0, "N": 0, "P": 1}
 #: Class counts of the real training set (400 images) and label-1 count of its validation set.
@@ -86,6 +86,33 @@ NOTICE = (
 )
 
 
+# Every CPU draws the same image. NumPy's float32 sin, cos, exp, arctan2 and power and OpenCV's float32
+# resize and blur take SIMD paths chosen by the CPU (AVX-512, AVX2 or neither) whose last bit differs,
+# which moved a few pixels of an image by one grey level from one CPU to another. They are computed in
+# float64 and rounded to float32: float64's differences lie far below float32's rounding.
+def _float64(ufunc):
+    """``ufunc`` computed in float64, the result rounded to float32."""
+
+    def compute(*args):
+        return ufunc(*(np.asarray(a, np.float64) for a in args)).astype(np.float32)
+
+    compute.__name__ = ufunc.__name__
+    return compute
+
+
+_sin, _cos, _exp, _arctan2, _power = map(_float64, (np.sin, np.cos, np.exp, np.arctan2, np.power))
+
+
+def _resize(image, size, interpolation):
+    """``cv2.resize`` to ``size`` (width, height) computed in float64, the result in float32."""
+    return cv2.resize(image.astype(np.float64), size, interpolation=interpolation).astype(np.float32)
+
+
+def _blur(image, sigma):
+    """``cv2.GaussianBlur`` with ``sigma`` computed in float64, the result in float32."""
+    return cv2.GaussianBlur(image.astype(np.float64), (0, 0), sigma).astype(np.float32)
+
+
 def _size_pair(size):
     """``size`` as (width, height): an int means a square image."""
     if isinstance(size, int | np.integer):
@@ -98,7 +125,7 @@ def _smooth_noise(rng, shape, cells):
     """Smooth random field of ``shape`` (h, w): Gaussian noise on a coarse grid, upsampled bicubically."""
     h, w = shape
     grid = rng.standard_normal((cells + 3, cells + 3), dtype=np.float32)
-    field = cv2.resize(grid, (w + 2 * w // cells, h + 2 * h // cells), interpolation=cv2.INTER_CUBIC)
+    field = _resize(grid, (w + 2 * w // cells, h + 2 * h // cells), cv2.INTER_CUBIC)
     return field[h // cells : h // cells + h, w // cells : w // cells + w]
 
 
@@ -154,7 +181,7 @@ def _draw_vessels(rng, shape, disc, radius, temporal):
         # shift=3: coordinates in 1/8 pixel, so thin vessels stay smooth
         p0, p1 = (int(round(x0 * 8)), int(round(y0 * 8))), (int(round(x1 * 8)), int(round(y1 * 8)))
         cv2.line(mask, p0, p1, 1.0, thickness=max(1, int(round(width))), lineType=cv2.LINE_AA, shift=3)
-    return cv2.GaussianBlur(mask, (0, 0), max(0.6, radius * 0.003))
+    return _blur(mask, max(0.6, radius * 0.003))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -238,8 +265,8 @@ def fundus_signs(kind, seed):
 def _wobbly_edge(rng, theta, size, amount=1.0):
     """Radius of an irregular blob at angles ``theta``: ``size`` times a few random harmonics."""
     phases = rng.uniform(0, 2 * np.pi, size=3)
-    return size * (1 + amount * (0.2 * np.sin(2 * theta + phases[0]) + 0.12 * np.sin(3 * theta + phases[1])
-                                 + 0.07 * np.sin(5 * theta + phases[2])))
+    return size * (1 + amount * (0.2 * _sin(2 * theta + phases[0]) + 0.12 * _sin(3 * theta + phases[1])
+                                 + 0.07 * _sin(5 * theta + phases[2])))
 
 
 def _ppa(rng, shape, disc, disc_r, temporal, area, pale, pigment):
@@ -250,9 +277,9 @@ def _ppa(rng, shape, disc, disc_r, temporal, area, pale, pigment):
     width = disc_r * s
     where, dx, dy = _window(shape, disc, disc_r + width * 1.2 + 4)
     d = np.sqrt(dx * dx + dy * dy)
-    theta = np.arctan2(dy, dx * temporal)  # 0 on the temporal side
-    wobble = 1 + 0.12 * np.sin(3 * theta + rng.uniform(0, 6))
-    edge = disc_r + width * (0.55 + 0.45 * np.cos(theta)) * wobble
+    theta = _arctan2(dy, dx * temporal)  # 0 on the temporal side
+    wobble = 1 + 0.12 * _sin(3 * theta + rng.uniform(0, 6))
+    edge = disc_r + width * (0.55 + 0.45 * _cos(theta)) * wobble
     crescent = _soft_disc(d, edge, max(1.0, 0.1 * disc_r)) * rng.uniform(0.85, 1.0)
     pale[where] = np.maximum(pale[where], crescent)
     rim = np.clip(1 - np.abs(d - edge) / max(1.0, 0.12 * disc_r), 0, 1) * rng.uniform(0.25, 0.6)
@@ -281,7 +308,7 @@ def _atrophic_patch(rng, shape, center, size, pale, pigment):
     where, dx, dy = _window(shape, center, size * 1.6 + 4)
     stretch = rng.uniform(0.75, 1.3)
     d = np.sqrt(dx * dx + (dy * stretch) ** 2)
-    edge = _wobbly_edge(rng, np.arctan2(dy, dx), size)
+    edge = _wobbly_edge(rng, _arctan2(dy, dx), size)
     pale[where] = np.maximum(pale[where], _soft_disc(d, edge, max(1.0, 0.1 * size)) * rng.uniform(0.85, 1.0))
     rim = np.clip(1 - np.abs(d - edge) / max(1.0, 0.15 * size), 0, 1) * rng.uniform(0.25, 0.6)
     pigment[where] = np.maximum(pigment[where], rim)
@@ -352,7 +379,7 @@ def _pm_lesions(rng, shape, signs, disc, disc_r, fovea):
         center = (fovea[0] + rng.normal(0, 0.2) * disc_r, fovea[1] + rng.normal(0, 0.2) * disc_r)
         size = disc_r * rng.uniform(0.3, 0.5)
         where, dx, dy = _window(shape, center, size * 1.5 + 3)
-        edge = _wobbly_edge(rng, np.arctan2(dy, dx), size, 0.6)
+        edge = _wobbly_edge(rng, _arctan2(dy, dx), size, 0.6)
         spot = _soft_disc(np.sqrt(dx * dx + dy * dy), edge, max(1.0, 0.15 * size))
         dark[where] = spot * rng.uniform(0.6, 0.8)
     return diffuse, pale, pigment, cracks, dark
@@ -381,13 +408,12 @@ def _sheen(rng, shape, vessels, fovea, disc_r, radius, opacity):
     if not opacity:
         return None
     h, w = shape
-    small = cv2.resize(vessels, (max(1, w // 4), max(1, h // 4)), interpolation=cv2.INTER_AREA)
-    halo = cv2.resize(cv2.GaussianBlur(small, (0, 0), max(0.8, radius * 0.006)), (w, h),
-                      interpolation=cv2.INTER_LINEAR)
+    small = _resize(vessels, (max(1, w // 4), max(1, h // 4)), cv2.INTER_AREA)
+    halo = _resize(_blur(small, max(0.8, radius * 0.006)), (w, h), cv2.INTER_LINEAR)
     _, dx, dy = _window(shape, fovea, max(w, h))
     d = np.sqrt(dx * dx + dy * dy)
-    ring = np.exp(-(((d - ring_radius) / ring_width) ** 2))
-    pole = np.exp(-(d / spread) ** 2)
+    ring = _exp(-(((d - ring_radius) / ring_width) ** 2))
+    pole = _exp(-(d / spread) ** 2)
     return np.clip(np.clip(halo * 5.0, 0, 1) * pole + 0.7 * ring, 0, 1) * np.float32(opacity)
 
 
@@ -420,11 +446,11 @@ def _draw(kind, size, seed, lesions=True):
     # Tessellation: through a thinned retina the large choroidal vessels show as orange stripes on a
     # darker red-brown; drawn as the zero-crossings of a smooth random field.
     field = _smooth_noise(rng, shape, int(rng.uniform(9, 13)))
-    stripes = np.exp(-((field * np.float32(1 / 0.35)) ** 2))  # 1 on a choroidal vessel
+    stripes = _exp(-((field * np.float32(1 / 0.35)) ** 2))  # 1 on a choroidal vessel
     gaps = (1.0 - stripes) * np.clip(1.2 - rr, 0, 1) * np.float32(signs.tessellation * 0.55)
     mean_gap = float(gaps[rr < 1].mean()) if signs.tessellation else 0.0  # to keep the mean colour
     macula_where, dx, dy = _window(shape, fovea, disc_r * 5)
-    macula = np.exp((dx * dx + dy * dy) * np.float32(-1 / (2 * (disc_r * rng.uniform(1.1, 1.6)) ** 2)))
+    macula = _exp((dx * dx + dy * dy) * np.float32(-1 / (2 * (disc_r * rng.uniform(1.1, 1.6)) ** 2)))
     macula *= np.float32(rng.uniform(0.25, 0.45))  # only in its window: it is ~0 beyond
     pale, pigment = np.zeros(shape, np.float32), np.zeros(shape, np.float32)
     if signs.ppa:
@@ -494,7 +520,7 @@ def _draw(kind, size, seed, lesions=True):
         x *= np.float32(brightness * camera[c])
         x += grain
         np.clip(x, 0, 1, out=x)
-        x **= gamma
+        x = _power(x, gamma)
         x *= np.float32(255.0)
         np.clip(x, 0, 255, out=x)
         image[:, :, c] = x
@@ -530,7 +556,7 @@ def lesion_mask(kind, size, seed, mask_size=None, min_coverage=0.5):
     _, _, mask = _draw(kind, size, seed)
     if mask_size is None:
         return mask
-    coverage = cv2.resize(mask.astype(np.float32), _size_pair(mask_size), interpolation=cv2.INTER_AREA)
+    coverage = _resize(mask, _size_pair(mask_size), cv2.INTER_AREA)
     return coverage >= min_coverage
 
 
