@@ -175,13 +175,15 @@ def test_worst_errors_are_the_most_confident_mistakes():
 def test_pointing_game_against_masks_drawn_here():
     masks = [np.zeros((8, 8), bool) for _ in range(4)]
     for mask in masks:
-        mask[2:4, 5:7] = True
+        mask[2:4, 5:7] = True  # 4 of the 64 pixels
     heat = [np.zeros((8, 8)) for _ in range(4)]
-    heat[0][3, 5] = 1.0  # inside
-    heat[1][0, 0] = 1.0  # outside
-    heat[2][2, 6] = heat[2][7, 7] = 1.0  # a tie, one of them inside: a hit
-    heat[3][:, :] = 0.5  # flat: every pixel is the maximum, some inside
-    assert ev.pointing_game(heat, masks) == 0.75
+    heat[0][3, 5] = 1.0  # a single maximum inside: 1
+    heat[1][0, 0] = 1.0  # a single maximum outside: 0
+    heat[2][2, 6] = heat[2][7, 7] = 1.0  # two tied maxima, one of them inside: 1/2
+    heat[3][:, :] = 0.5  # flat: all 64 pixels tie, 4 of them inside: 4/64, a random pixel's chance
+    assert [ev.pointing_game([h], [m]) for h, m in zip(heat, masks, strict=True)] == [1.0, 0.0, 0.5, 0.0625]
+    assert ev.pointing_game(heat, masks) == pytest.approx((1 + 0 + 0.5 + 4 / 64) / 4)
+    assert ev.pointing_game([np.zeros((8, 8))], masks[:1]) == 0.0625  # an all-zero map is not a hit
     with pytest.raises(ValueError, match="without any pixel"):
         ev.pointing_game([np.ones((2, 2))], [np.zeros((2, 2), bool)])
 
@@ -200,7 +202,13 @@ def test_rank_correlation_by_hand():
     # ranks (1, 2, 3, 4) and (1, 3, 2, 4): Spearman = 1 - 6 * sum(d^2) / (n (n^2 - 1)) = 1 - 6 * 2 / 60
     assert ev.rank_correlation([10, 20, 30, 40], [1.0, 5.0, 2.0, 9.0]) == pytest.approx(0.8)
     assert ev.rank_correlation([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
-    assert ev.rank_correlation([1, 2, 3], [5, 5, 5]) == 0.0
+    # a constant set has no order: no correlation to report, not a correlation of 0
+    assert math.isnan(ev.rank_correlation([1, 2, 3], [5, 5, 5]))
+    assert math.isnan(ev.rank_correlation([0.0, 0.0, 0.0], [1, 2, 3]))
+    # against NumPy: Pearson's r of the ranks, ranks with ties averaged by hand
+    a, b = [3.0, 1.0, 4.0, 1.0, 5.0], [2.0, 7.0, 1.0, 8.0, 2.0]
+    ranks_a, ranks_b = [3, 1.5, 4, 1.5, 5], [2.5, 4, 1, 5, 2.5]
+    assert ev.rank_correlation(a, b) == pytest.approx(np.corrcoef(ranks_a, ranks_b)[0, 1], abs=1e-12)
 
 
 def test_seed_summary_by_hand():

@@ -13,6 +13,7 @@ BatchNorm in training mode moves the logits by more than 100 times the tolerance
 the tolerance is known to catch it)."""
 
 import csv
+import dataclasses
 import json
 import os
 import shutil
@@ -28,6 +29,7 @@ import pytest
 from utils.export import (
     METADATA_FILE,
     ExportedClassifier,
+    export_checkpoint,
     export_model,
     image_paths,
     load_batch,
@@ -35,11 +37,20 @@ from utils.export import (
     predict_folder,
     predict_paths,
     read_metadata,
+    saved_operating_point,
 )
 from utils.palm import BadImageError
 from utils.resnet import ResNet
 from utils.synthetic_fundus import fundus_image
-from utils.train import TrainConfig, build_optimizer, load_model, predict, save_checkpoint
+from utils.train import (
+    TrainConfig,
+    build_model,
+    build_optimizer,
+    load_model,
+    predict,
+    save_checkpoint,
+    write_json,
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RELATIVE_TOLERANCE = 5e-4
@@ -282,3 +293,118 @@ def test_command_line_reports_an_empty_image_folder_without_a_traceback(tmp_path
     assert done.returncode == 1
     assert "Traceback" not in done.stderr
     assert f"python -m utils.export: error: no images (.jpg, .png, ...) in '{tmp_path}'" in done.stderr
+
+
+def threshold_line(output):
+    return next(line for line in output.splitlines() if line.startswith("threshold "))
+
+
+def predicted_labels(output):
+    """``{name: label}`` from the lines that predict prints per image."""
+    rows = [line.split() for line in output.splitlines() if "  probability " in line]
+    return {row[0]: int(row[-1]) for row in rows}
+
+
+def test_the_operating_point_of_the_run_travels_into_export_json_and_is_predicts_default(tmp_path, capsys):
+    config = TrainConfig(arch=18, image_size=32, seed=2, schedule="constant", tta=False)
+    model = calibrated_model(config.arch, config.image_size, seed=config.seed)
+    checkpoint = tmp_path / "run" / "last.pdparams"
+    history = [{"epoch": 1}]
+    save_checkpoint(checkpoint, model, build_optimizer(model, config), 1, config, history)
+    images = write_fundus_folder(tmp_path / "images")
+    # No metrics.json beside the checkpoint (e.g. an interrupted run): nothing recorded, 0.5 said.
+    assert main(["export", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "plain")]) == 0
+    assert "no operating point" in capsys.readouterr().out
+    assert read_metadata(tmp_path / "plain")["operating_point"] is None
+    probabilities = {row["name"]: row["probability"]
+                     for row in predict_paths(ExportedClassifier(tmp_path / "plain"), image_paths(images))}
+    # A threshold between two of the probabilities, so that it labels the images otherwise than 0.5.
+    ordered = sorted(probabilities.values())
+    cuts = [(a + b) / 2 for a, b in zip(ordered, ordered[1:], strict=False)]
+    chosen = next(t for t in cuts if [p >= t for p in ordered] != [p >= 0.5 for p in ordered])
+    point = {"rule": "Youden's J on the selection split", "threshold": chosen, "temperature": 1.7}
+    selection = {"history": history, "operating_point": point}
+    metrics = {"config": dataclasses.asdict(config), "selection": selection}
+    write_json(checkpoint.parent / "metrics.json", metrics)
+
+    out = tmp_path / "inference"
+    assert main(["export", "--checkpoint", str(checkpoint), "--out", str(out)]) == 0
+    assert f"threshold {chosen:.4f} from {checkpoint.parent / 'metrics.json'}" in capsys.readouterr().out
+    recorded = json.loads((out / METADATA_FILE).read_text())["operating_point"]
+    assert (recorded["threshold"], recorded["temperature"], recorded["rule"]) == (chosen, 1.7, point["rule"])
+
+    assert main(["predict", "--model", str(out), "--images", str(images)]) == 0  # the recorded threshold
+    printed = capsys.readouterr().out
+    assert threshold_line(printed) == (f"threshold {chosen:.4f} (the operating point in export.json: "
+                                       "Youden's J on the selection split)")
+    assert predicted_labels(printed) == {name: int(p >= chosen) for name, p in probabilities.items()}
+    assert main(["predict", "--model", str(out), "--images", str(images), "--threshold", "0.5"]) == 0
+    printed = capsys.readouterr().out  # an explicit --threshold wins
+    assert threshold_line(printed) == "threshold 0.5000 (given by --threshold)"
+    assert predicted_labels(printed) == {name: int(p >= 0.5) for name, p in probabilities.items()}
+    assert predicted_labels(printed) != {name: int(p >= chosen) for name, p in probabilities.items()}
+
+
+def test_a_metrics_json_of_another_run_gives_no_operating_point(tmp_path):
+    config = TrainConfig(arch=18, image_size=32, schedule="constant")
+    model = build_model(config)
+    checkpoint = tmp_path / "last.pdparams"
+    save_checkpoint(checkpoint, model, build_optimizer(model, config), 1, config, [{"epoch": 1}])
+    point = {"rule": "Youden's J on the selection split", "threshold": 0.3, "temperature": 1.0}
+    other = dataclasses.asdict(dataclasses.replace(config, seed=9))
+    for metrics in ({"config": other, "selection": {"history": [{"epoch": 1}], "operating_point": point}},
+                    {"config": dataclasses.asdict(config),  # two epochs: not this checkpoint's model
+                     "selection": {"history": [{"epoch": 1}, {"epoch": 2}], "operating_point": point}}):
+        write_json(tmp_path / "metrics.json", metrics)
+        assert saved_operating_point(checkpoint) is None
+    metrics["selection"]["history"] = [{"epoch": 1}]
+    write_json(tmp_path / "metrics.json", metrics)
+    assert saved_operating_point(checkpoint)["threshold"] == 0.3
+
+
+def test_an_export_json_without_an_operating_point_predicts_at_0_5_and_says_so(exported, tmp_path,
+                                                                               capsys):
+    folder, _ = exported
+    old = tmp_path / "old"
+    shutil.copytree(folder, old)
+    metadata = json.loads((old / METADATA_FILE).read_text())
+    for key in ("operating_point", "normalization", "tta"):  # as written before these were recorded
+        metadata.pop(key, None)
+    (old / METADATA_FILE).write_text(json.dumps(metadata))
+    classifier = ExportedClassifier(old)
+    assert classifier.threshold == 0.5 and "records no operating point" in classifier.threshold_source
+    images = write_fundus_folder(tmp_path / "images")
+    assert main(["predict", "--model", str(old), "--images", str(images)]) == 0
+    printed = capsys.readouterr().out
+    assert threshold_line(printed) == "threshold 0.5000 (the default: export.json records no operating point)"
+    rows = predict_paths(classifier, image_paths(images), threshold=0.5)
+    assert predicted_labels(printed) == {row["name"]: int(row["probability"] >= 0.5) for row in rows}
+
+
+def test_a_float64_model_is_refused_with_its_dtype_named(tmp_path):
+    config = TrainConfig(arch=18, image_size=32, schedule="constant", dtype="float64")
+    model = build_model(config)
+    checkpoint = tmp_path / "last.pdparams"
+    save_checkpoint(checkpoint, model, build_optimizer(model, config), 1, config, [])
+    with pytest.raises(ValueError, match=r"last\.pdparams' holds a float64 model .*--dtype float64"):
+        export_checkpoint(checkpoint, tmp_path / "inference")
+    with pytest.raises(ValueError, match=r"cannot export a float64 model.*model\.to\(dtype='float32'\)"):
+        export_model(model, tmp_path / "inference", 32)
+    assert not (tmp_path / "inference").exists()  # refused before anything was written
+    model.to(dtype="float32")  # the way out that the message names works
+    model.eval()
+    export_model(model, tmp_path / "inference", 32)
+    images = np.random.default_rng(0).uniform(-1, 1, (2, 3, 32, 32)).astype("float32")
+    check_predictor(ExportedClassifier(tmp_path / "inference"), model, images)
+
+
+def test_probabilities_are_the_sigmoid_without_overflow_for_large_logits():
+    classifier = object.__new__(ExportedClassifier)  # only the logits matter here
+    logits = np.array([[-800.0], [-30.0], [0.0], [2.0], [800.0]], dtype="float32")
+    classifier.logits = lambda images: logits
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # 1 / (1 + exp(800)) would warn: overflow in exp
+        probabilities = classifier.probabilities(None)
+    moderate = 1 / (1 + np.exp(-logits[1:4, 0].astype(np.float64)))
+    assert probabilities[0] == 0.0 and probabilities[-1] == 1.0
+    np.testing.assert_allclose(probabilities[1:4], moderate, rtol=1e-12, atol=1e-16)

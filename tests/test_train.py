@@ -828,3 +828,18 @@ def test_zero_init_is_opt_in_and_clears_each_branchs_last_gamma():
     for a, b in zip(plain.residual_norms(), zeroed.residual_norms(), strict=True):
         assert (a.weight.numpy() == 1).all() and not b.weight.numpy().any()
     assert len(zeroed.residual_norms()) == 8  # ResNet-18: 2 + 2 + 2 + 2 basic blocks
+
+
+def test_a_file_that_is_not_a_checkpoint_is_named_with_its_missing_keys(tmp_path):
+    # ImageNet weights as paddle.vision ships them: a plain state dict of tensors, no config
+    weights = tmp_path / "resnet50.pdparams"
+    paddle.save({"conv1.weight": paddle.zeros([2, 3, 1, 1]), "fc.bias": paddle.zeros([2])}, str(weights))
+    message = (r"'.*resnet50\.pdparams' is not a checkpoint of python -m utils\.train \(no 'model', "
+               r"'config'\): pass the last\.pdparams it wrote; ImageNet weights go to --pretrained")
+    for load in (load_checkpoint, load_model):
+        with pytest.raises(ValueError, match=message):
+            load(weights)
+    model = build_model(TINY)  # a checkpoint that lost only its config names only that key
+    paddle.save({"model": model.state_dict()}, str(tmp_path / "partial.pdparams"))
+    with pytest.raises(ValueError, match=r"\(no 'config'\)"):
+        load_model(tmp_path / "partial.pdparams")

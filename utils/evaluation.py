@@ -315,7 +315,9 @@ def pointing_game(heatmaps, masks):
     """Share of maps whose hottest pixel lies inside the object mask (Zhang et al. 2016).
 
     ``heatmaps`` and ``masks``: sequences of equally shaped 2-D arrays (a mask is boolean). A map
-    whose maximum is shared by several pixels counts as a hit when any of them is inside.
+    whose maximum is shared by several pixels scores the fraction of those pixels that lie inside
+    (the chance that one of them, picked at random, is): a single maximum scores 0 or 1, and a flat
+    map (all zeros, say) scores the mask's share of the image, what a random pixel scores.
     """
     hits = []
     for heat, mask in zip(heatmaps, masks, strict=True):
@@ -324,7 +326,7 @@ def pointing_game(heatmaps, masks):
             raise ValueError(f"a heat map of shape {heat.shape} and a mask of shape {mask.shape}")
         if not mask.any():
             raise ValueError("a mask without any pixel: the pointing game needs an object in every image")
-        hits.append(bool(mask[heat == heat.max()].any()))
+        hits.append(float(mask[heat == heat.max()].mean()))
     if not hits:
         raise ValueError("no heat maps given")
     return float(np.mean(hits))
@@ -344,13 +346,17 @@ def dilate(mask, pixels):
 
 
 def rank_correlation(a, b):
-    """Spearman's rank correlation of two equally long sets of values (ties get average ranks)."""
+    """Spearman's rank correlation of two equally long sets of values (ties get average ranks).
+
+    ``nan`` when either set is constant: a constant map has no order to agree or disagree with, and
+    no number stands for that (0 would pull a mean towards "unrelated"); skip it, e.g. ``np.nanmean``.
+    """
     a, b = np.ravel(a), np.ravel(b)
     if a.shape != b.shape or a.size < 2:
         raise ValueError(f"need two sets of at least 2 values of the same size, got {a.size} and {b.size}")
     ra, rb = stats.rankdata(a), stats.rankdata(b)
     if ra.std() == 0 or rb.std() == 0:
-        return 0.0  # a constant map has no order to agree with
+        return float("nan")
     return float(np.corrcoef(ra, rb)[0, 1])
 
 

@@ -13,7 +13,10 @@ Files of an exported model folder::
                                   ``model.json``, Paddle 2 wrote ``model.pdmodel``)
     export.json                   the image size and the preprocessing the model expects (its
                                   normalization is applied by :func:`load_batch` when predicting),
-                                  and whether its logits are averaged with the mirror images' (tta)
+                                  whether its logits are averaged with the mirror images' (tta), and
+                                  the operating point: the decision threshold that training chose on
+                                  its selection split (``metrics.json`` beside the checkpoint), the
+                                  default of ``predict --threshold``
 
 Command line::
 
@@ -39,24 +42,36 @@ from utils.course import import_paddle_quietly  # noqa: E402
 
 paddle = import_paddle_quietly()
 
+from utils.evaluation import calibrated  # noqa: E402
 from utils.palm import check_normalization, describe_preprocessing, list_images, load_image  # noqa: E402
 
 #: File names inside an exported model folder.
 MODEL_PREFIX = "model"
 METADATA_FILE = "export.json"
-#: What the exported model's inputs look like with the course's normalization (``export.json`` says it).
-PREPROCESSING = describe_preprocessing("course")
+#: The run record that ``python -m utils.train`` writes beside its checkpoint (``utils.train.METRICS_FILE``).
+METRICS_FILE = "metrics.json"
+#: The decision threshold of a model whose export records no operating point.
+DEFAULT_THRESHOLD = 0.5
 
 
-def export_model(model, out_dir, image_size, normalization="course", tta=False):
+def export_model(model, out_dir, image_size, normalization="course", tta=False, operating_point=None):
     """Save ``model`` (in eval mode) for Paddle Inference under ``out_dir``; returns ``out_dir``.
 
-    The input is declared as float32 ``[batch, 3, image_size, image_size]`` with any batch size;
-    ``export.json`` records the image size and the ``normalization`` the model was trained with, and
+    The input is declared as float32 ``[batch, 3, image_size, image_size]`` with any batch size (a
+    float64 model is refused: Paddle Inference's fused CPU graph computes in float32);
+    ``export.json`` records the image size and the ``normalization`` the model was trained with,
     whether it was scored with flip test-time augmentation (``tta``), so that
-    :class:`ExportedClassifier` preprocesses and scores images the same way.
+    :class:`ExportedClassifier` preprocesses and scores images the same way, and the
+    ``operating_point`` (a dict with the ``threshold`` on the model's probabilities, as
+    ``utils.train.operating_point`` returns it; None: none known, predictions use 0.5).
     """
+    from utils.train import model_dtype  # imported here: training code is not needed to predict
+
     check_normalization(normalization)
+    if model_dtype(model) != paddle.float32:
+        raise ValueError(f"cannot export a {str(model_dtype(model)).replace('paddle.', '')} model: the "
+                         "exported graph takes float32 images; cast it first (model.to(dtype='float32')) "
+                         "or train in float32 (without --dtype float64)")
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     spec = paddle.static.InputSpec([None, 3, image_size, image_size], "float32", name="image")
@@ -65,17 +80,63 @@ def export_model(model, out_dir, image_size, normalization="course", tta=False):
     metadata = {"image_size": int(image_size), "normalization": normalization, "tta": bool(tta),
                 "preprocessing": describe_preprocessing(normalization), "output": "one logit per image",
                 "label_1": "pathologic myopia", "paddle": paddle.__version__}
+    if operating_point is not None:
+        metadata["operating_point"] = operating_point
     (out_dir / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
     return out_dir
 
 
 def export_checkpoint(checkpoint, out_dir):
     """Export the model of a ``utils.train`` checkpoint at the image size, normalization and test-time
-    augmentation it was trained and scored with."""
-    from utils.train import load_model  # imported here: training code is not needed to predict
+    augmentation it was trained and scored with, and at the operating point chosen for it (see
+    :func:`saved_operating_point`). A float64 checkpoint (``--dtype float64``) is refused, naming it."""
+    from utils.train import load_model
 
     model, config = load_model(checkpoint)
-    return export_model(model, out_dir, config.image_size, config.normalization, config.tta)
+    if config.dtype != "float32":
+        raise ValueError(f"'{checkpoint}' holds a {config.dtype} model (trained with --dtype "
+                         f"{config.dtype}): the exported graph takes float32 images; train it again without "
+                         "--dtype to export it, or cast it (model.to(dtype='float32')) and call "
+                         "utils.export.export_model")
+    point = saved_operating_point(checkpoint)
+    return export_model(model, out_dir, config.image_size, config.normalization, config.tta, point)
+
+
+def saved_operating_point(checkpoint):
+    """The operating point that ``python -m utils.train`` chose for ``checkpoint``, or None.
+
+    The checkpoint does not hold it: the run writes it to ``metrics.json`` beside the checkpoint
+    (``selection.operating_point``) once the model is final. It is used only when that file records
+    the checkpoint's own run (the same settings and number of epochs); returns
+    ``{"threshold", "temperature", "rule", "source"}``. The threshold applies to the model's own
+    probabilities ``sigmoid(logit)``, which the predictor outputs; the temperature is recorded, not
+    applied (calibration moves no decision).
+    """
+    from utils.train import load_checkpoint
+
+    path = pathlib.Path(checkpoint).parent / METRICS_FILE
+    if not path.is_file():
+        return None
+    metrics = json.loads(path.read_text())
+    saved = load_checkpoint(checkpoint)
+    point = metrics.get("selection", {}).get("operating_point")
+    same_run = (metrics.get("config") == saved["config"]
+                and len(metrics.get("selection", {}).get("history", [])) == saved.get("epoch"))
+    if point is None or not same_run:
+        return None
+    return {"threshold": float(point["threshold"]), "temperature": float(point["temperature"]),
+            "rule": point["rule"], "source": str(path)}
+
+
+def decision_threshold(metadata, threshold=None):
+    """``(threshold, where it comes from)``: ``threshold`` when given, else the operating point that
+    ``export.json`` records, else :data:`DEFAULT_THRESHOLD`."""
+    if threshold is not None:
+        return float(threshold), "given by --threshold"
+    point = metadata.get("operating_point")
+    if point is None:
+        return DEFAULT_THRESHOLD, "the default: export.json records no operating point"
+    return float(point["threshold"]), f"the operating point in export.json: {point['rule']}"
 
 
 def model_files(model_dir):
@@ -96,13 +157,13 @@ def model_files(model_dir):
 
 def read_metadata(model_dir):
     """The ``export.json`` of an exported model folder (image size and preprocessing). A folder exported
-    before the normalization and the test-time augmentation were recorded used the course's
-    normalization ("course") and none."""
+    before the normalization, the test-time augmentation and the operating point were recorded used the
+    course's normalization ("course"), no augmentation and no operating point (None)."""
     path = pathlib.Path(model_dir) / METADATA_FILE
     if not path.is_file():
         raise FileNotFoundError(f"'{path}' is missing: the folder was not written by utils.export, so the "
                                 "image size the model expects is unknown; export it again")
-    return {"normalization": "course", "tta": False, **json.loads(path.read_text())}
+    return {"normalization": "course", "tta": False, "operating_point": None, **json.loads(path.read_text())}
 
 
 class ExportedClassifier:
@@ -116,15 +177,19 @@ class ExportedClassifier:
     float32 ``[N, 3, S, S]`` preprocessed like the training data (:func:`load_batch` with the
     classifier's ``image_size`` and ``normalization``, read from ``export.json``); where ``export.json``
     says ``tta``, each logit is the mean of the image's and its mirror image's, as in training's scoring.
+    ``metadata``: its ``export.json``; ``threshold`` and ``threshold_source``: the decision threshold
+    (:func:`decision_threshold`: the operating point recorded in ``export.json``, else 0.5) and where it
+    comes from.
     """
 
     def __init__(self, model_dir, threads=None, onednn=True, device=None, bf16=False):
         from utils.course import pick_device
 
         graph, params = model_files(model_dir)
-        metadata = read_metadata(model_dir)
+        self.metadata = metadata = read_metadata(model_dir)
         self.image_size, self.normalization = int(metadata["image_size"]), metadata["normalization"]
         self.tta = bool(metadata["tta"])
+        self.threshold, self.threshold_source = decision_threshold(metadata)
         config = paddle.inference.Config(str(graph), str(params))
         self.device = pick_device(device)
         if self.device.startswith("gpu"):
@@ -169,7 +234,7 @@ class ExportedClassifier:
 
     def probabilities(self, images):
         """Probability of label 1 (pathologic myopia) for each image of a batch: ``[N]``."""
-        return 1.0 / (1.0 + np.exp(-self.logits(images).reshape(-1).astype(np.float64)))
+        return calibrated(self.logits(images).reshape(-1), 1.0)  # the sigmoid, without overflow
 
 
 #: CPU flags of bfloat16 arithmetic that oneDNN's bf16 kernels use (either suffices).
@@ -210,11 +275,13 @@ def image_paths(image_dir):
     return [image_dir / name for name in names]
 
 
-def predict_paths(classifier, paths, batch_size=10, threshold=0.5):
+def predict_paths(classifier, paths, batch_size=10, threshold=None):
     """Predict image files in batches; returns one dict per image: ``name``, ``probability``, ``label``.
 
-    The next batch is decoded on a thread while the predictor runs the current one.
+    ``label`` is 1 where the probability reaches ``threshold`` (default: the classifier's, from its
+    ``export.json``). The next batch is decoded on a thread while the predictor runs the current one.
     """
+    threshold = classifier.threshold if threshold is None else threshold
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     batches = [paths[i : i + batch_size] for i in range(0, len(paths), batch_size)]
@@ -234,9 +301,10 @@ def predict_paths(classifier, paths, batch_size=10, threshold=0.5):
     return rows
 
 
-def predict_folder(model_dir, image_dir, batch_size=10, threshold=0.5, threads=None, onednn=True,
+def predict_folder(model_dir, image_dir, batch_size=10, threshold=None, threads=None, onednn=True,
                    device=None, bf16=False):
-    """Classify every image in ``image_dir`` with the exported model in ``model_dir`` (sorted by name)."""
+    """Classify every image in ``image_dir`` with the exported model in ``model_dir`` (sorted by name),
+    at ``threshold`` (default: the operating point in ``export.json``, else 0.5)."""
     paths = image_paths(image_dir)
     classifier = ExportedClassifier(model_dir, threads=threads, onednn=onednn, device=device, bf16=bf16)
     return predict_paths(classifier, paths, batch_size, threshold)
@@ -263,8 +331,9 @@ def parse_args(argv=None):
     predict.add_argument("--model", required=True, metavar="DIR", help="an exported model folder")
     predict.add_argument("--images", required=True, metavar="DIR", help="folder of fundus images")
     predict.add_argument("--batch-size", type=int, default=10, help="default: %(default)s")
-    predict.add_argument("--threshold", type=float, default=0.5,
-                         help="probability from which an image is labelled 1 (default: %(default)s)")
+    predict.add_argument("--threshold", type=float, default=None,
+                         help="probability from which an image is labelled 1 (default: the threshold "
+                         "training chose, recorded in export.json; 0.5 where it records none)")
     predict.add_argument("--csv", metavar="FILE", help="also write the predictions to this CSV file")
     predict.add_argument("--no-onednn", action="store_true", help="CPU: Paddle's plain kernels, not oneDNN")
     predict.add_argument("--bf16", action="store_true", help="opt-in, CPUs with bfloat16 instructions (AMX, "
@@ -276,10 +345,18 @@ def main(argv=None):
     args = parse_args(argv)
     if args.command == "export":
         out_dir = export_checkpoint(args.checkpoint, args.out)
-        print(f"exported to {out_dir} (image size {read_metadata(out_dir)['image_size']} px)")
+        metadata = read_metadata(out_dir)
+        point = metadata["operating_point"]
+        where = (f"threshold {point['threshold']:.4f} from {point['source']}" if point is not None else
+                 f"no operating point beside the checkpoint ({METRICS_FILE} of its run): predict will use "
+                 f"{DEFAULT_THRESHOLD}")
+        print(f"exported to {out_dir} (image size {metadata['image_size']} px; {where})")
         return 0
-    rows = predict_folder(args.model, args.images, args.batch_size, args.threshold, onednn=not args.no_onednn,
-                          bf16=args.bf16)
+    paths = image_paths(args.images)
+    classifier = ExportedClassifier(args.model, onednn=not args.no_onednn, bf16=args.bf16)
+    threshold, where = decision_threshold(classifier.metadata, args.threshold)
+    print(f"threshold {threshold:.4f} ({where})")
+    rows = predict_paths(classifier, paths, args.batch_size, threshold)
     width = max(len(row["name"]) for row in rows)
     for row in rows:
         print(f"{row['name']:<{width}}  probability {row['probability']:.4f}  label {row['label']}")

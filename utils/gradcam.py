@@ -15,6 +15,7 @@ import numpy as np
 import paddle
 
 from utils.course import eval_mode
+from utils.train import model_dtype
 
 
 def grad_cam(model, image, label=1, stage=-1, scale=True):
@@ -36,8 +37,7 @@ def grad_cam(model, image, label=1, stage=-1, scale=True):
     if not -stages <= stage < stages:
         raise ValueError(f"stage must be in [{-stages}, {stages - 1}], got {stage!r}")
     stage %= stages
-    dtype = str(model.parameters()[0].dtype).replace("paddle.", "")
-    x = paddle.to_tensor(np.asarray(image, dtype=dtype)[None])  # [1, 3, S, S]
+    x = paddle.to_tensor(np.asarray(image)[None]).astype(model_dtype(model))  # [1, 3, S, S]
     with eval_mode(model):
         features = features_at(model, x, stage)  # [1, C, h, w]
         logit = logit_from(model, features, stage)[0, 0]

@@ -301,12 +301,23 @@ def _rename_optimizer_state(state, names):
     return renamed
 
 
+#: Keys that every checkpoint of :func:`save_checkpoint` holds.
+CHECKPOINT_KEYS = ("model", "config")
+
+
 def load_checkpoint(path):
-    """Read a checkpoint written by :func:`save_checkpoint` (a dict)."""
+    """Read a checkpoint written by :func:`save_checkpoint` (a dict); a clear error for any other file,
+    such as ImageNet weights (a plain state dict)."""
     path = pathlib.Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at '{path}': train first, or check --out")
-    return paddle.load(str(path))
+    checkpoint = paddle.load(str(path))
+    missing = [key for key in CHECKPOINT_KEYS if not isinstance(checkpoint, dict) or key not in checkpoint]
+    if missing:
+        keys = ", ".join(repr(key) for key in missing)
+        raise ValueError(f"'{path}' is not a checkpoint of python -m utils.train (no {keys}): pass the "
+                         "last.pdparams it wrote; ImageNet weights go to --pretrained")
+    return checkpoint
 
 
 #: What a checkpoint written before a setting existed was made with: scored without test-time
