@@ -71,7 +71,7 @@ from tqdm import tqdm  # noqa: E402
 
 from utils import evaluation  # noqa: E402
 from utils.config import TrainConfig, add_config_flags, config_from_args, recipe_defaults  # noqa: E402
-from utils.palm import PalmDataset, load_image, make_loader  # noqa: E402
+from utils.palm import PalmDataset, class_counts, load_image, make_loader  # noqa: E402
 from utils.resnet import ResNet, load_pretrained  # noqa: E402
 
 #: File names written into an output folder.
@@ -546,8 +546,7 @@ class SplitDataset(paddle.io.Dataset):
 
     def class_counts(self):
         """``{0: count, 1: count}``."""
-        counts = np.bincount(np.asarray(self.labels, dtype=np.int64), minlength=2)
-        return {0: int(counts[0]), 1: int(counts[1])}
+        return class_counts(self.labels)
 
 
 def make_datasets(root, config, cache_dir=None):
