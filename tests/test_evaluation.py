@@ -244,3 +244,31 @@ def test_report_ranks_by_the_logits_where_probabilities_round_to_one():
     assert tied["auc"] == pytest.approx(brute_force_auc(labels, probabilities)) == 0.625
     assert ranked["auc"] == brute_force_auc(labels, logits) == 0.75
     assert ranked["confusion_matrix"] == tied["confusion_matrix"]
+
+
+def test_difference_interval_matches_newcombes_published_example():
+    # Newcombe (1998), Statistics in Medicine 17:873, Table II, example (a): 56/70 - 48/80,
+    # method 10 (the score interval): 0.0524 to 0.3339.
+    low, high = ev.difference_interval(56, 70, 48, 80)
+    assert (round(low, 4), round(high, 4)) == (0.0524, 0.3339)
+    low, high = ev.difference_interval(48, 80, 56, 70)
+    assert (round(low, 4), round(high, 4)) == (-0.3339, -0.0524), "swapping the samples mirrors it"
+
+
+@pytest.mark.parametrize("counts", [(386, 400, 372, 400), (384, 400, 372, 400), (56, 70, 48, 80),
+                                    (3, 10, 9, 12)])
+def test_two_proportion_p_is_the_uncorrected_chi_square_test(counts):
+    # The pooled two-proportion z-test is the 2x2 chi-square test without continuity correction.
+    from scipy.stats import chi2_contingency
+
+    a, n, b, m = counts
+    table = [[a, n - a], [b, m - b]]
+    expected = chi2_contingency(table, correction=False)[1]
+    assert abs(ev.two_proportion_p(a, n, b, m) - expected) < 1e-12
+
+
+def test_two_proportion_p_of_equal_or_degenerate_proportions():
+    assert ev.two_proportion_p(20, 40, 10, 20) == 1.0
+    assert ev.two_proportion_p(0, 10, 0, 12) == 1.0
+    with pytest.raises(ValueError, match="11 of 10"):
+        ev.two_proportion_p(11, 10, 1, 10)

@@ -153,6 +153,33 @@ def wilson_interval(successes, total, level=0.95):
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+
+def difference_interval(successes_1, total_1, successes_2, total_2, level=0.95):
+    """Newcombe's (1998, method 10) interval for the difference of two independent proportions
+    ``p1 - p2``, built from their Wilson intervals. Returns ``(low, high)``.
+
+    For two classifiers scored on the same images it treats the two as independent samples, which
+    usually overstates the uncertainty (their errors are positively correlated).
+    """
+    (low_1, high_1), (low_2, high_2) = (wilson_interval(successes_1, total_1, level),
+                                        wilson_interval(successes_2, total_2, level))
+    p_1, p_2 = successes_1 / total_1, successes_2 / total_2
+    return (p_1 - p_2 - math.hypot(p_1 - low_1, high_2 - p_2),
+            p_1 - p_2 + math.hypot(high_1 - p_1, p_2 - low_2))
+
+
+def two_proportion_p(successes_1, total_1, successes_2, total_2):
+    """Two-sided p-value of the z-test that two independent proportions are equal (pooled variance)."""
+    for successes, total in ((successes_1, total_1), (successes_2, total_2)):
+        if total <= 0 or not 0 <= successes <= total:
+            raise ValueError(f"need 0 <= successes <= total and total > 0, got {successes} of {total}")
+    pooled = (successes_1 + successes_2) / (total_1 + total_2)
+    if pooled in (0.0, 1.0):
+        return 1.0  # no variance: both proportions are 0, or both 1
+    z = (successes_1 / total_1 - successes_2 / total_2) / math.sqrt(
+        pooled * (1 - pooled) * (1 / total_1 + 1 / total_2))
+    return math.erfc(abs(z) / math.sqrt(2))
+
 def bootstrap_interval(labels, scores, statistic, n_resamples=2000, level=0.95, seed=0):
     """Percentile interval of ``statistic(labels, scores)`` over a seeded stratified bootstrap.
 

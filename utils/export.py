@@ -44,6 +44,7 @@ paddle = import_paddle_quietly()
 
 from utils.evaluation import calibrated  # noqa: E402
 from utils.palm import check_normalization, describe_preprocessing, list_images, load_image  # noqa: E402
+from utils.resnet import model_dtype  # noqa: E402
 
 #: File names inside an exported model folder.
 MODEL_PREFIX = "model"
@@ -65,13 +66,9 @@ def export_model(model, out_dir, image_size, normalization="course", tta=False, 
     ``operating_point`` (a dict with the ``threshold`` on the model's probabilities, as
     ``utils.train.operating_point`` returns it; None: none known, predictions use 0.5).
     """
-    from utils.train import model_dtype  # imported here: training code is not needed to predict
-
     check_normalization(normalization)
-    if model_dtype(model) != paddle.float32:
-        raise ValueError(f"cannot export a {str(model_dtype(model)).replace('paddle.', '')} model: the "
-                         "exported graph takes float32 images; cast it first (model.to(dtype='float32')) "
-                         "or train in float32 (without --dtype float64)")
+    dtype = str(model_dtype(model)).replace("paddle.", "")
+    _refuse_unless_float32(dtype, f"cannot export a {dtype} model")
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     spec = paddle.static.InputSpec([None, 3, image_size, image_size], "float32", name="image")
@@ -86,23 +83,28 @@ def export_model(model, out_dir, image_size, normalization="course", tta=False, 
     return out_dir
 
 
+def _refuse_unless_float32(dtype, problem):
+    """ValueError starting with ``problem`` when ``dtype`` is not float32: the graph takes float32 images."""
+    if dtype != "float32":
+        raise ValueError(f"{problem}: the exported graph takes float32 images; train it again without "
+                         "--dtype, or cast it (model.to(dtype='float32')) and call utils.export.export_model")
+
+
 def export_checkpoint(checkpoint, out_dir):
     """Export the model of a ``utils.train`` checkpoint at the image size, normalization and test-time
     augmentation it was trained and scored with, and at the operating point chosen for it (see
     :func:`saved_operating_point`). A float64 checkpoint (``--dtype float64``) is refused, naming it."""
-    from utils.train import load_model
+    from utils.train import TrainConfig, load_checkpoint, model_from_checkpoint, saved_settings
 
-    model, config = load_model(checkpoint)
-    if config.dtype != "float32":
-        raise ValueError(f"'{checkpoint}' holds a {config.dtype} model (trained with --dtype "
-                         f"{config.dtype}): the exported graph takes float32 images; train it again without "
-                         "--dtype to export it, or cast it (model.to(dtype='float32')) and call "
-                         "utils.export.export_model")
-    point = saved_operating_point(checkpoint)
+    saved = load_checkpoint(checkpoint)
+    dtype = TrainConfig(**saved_settings(saved)).dtype
+    _refuse_unless_float32(dtype, f"'{checkpoint}' holds a {dtype} model (trained with --dtype {dtype})")
+    model, config = model_from_checkpoint(saved)
+    point = saved_operating_point(checkpoint, saved)
     return export_model(model, out_dir, config.image_size, config.normalization, config.tta, point)
 
 
-def saved_operating_point(checkpoint):
+def saved_operating_point(checkpoint, saved=None):
     """The operating point that ``python -m utils.train`` chose for ``checkpoint``, or None.
 
     The checkpoint does not hold it: the run writes it to ``metrics.json`` beside the checkpoint
@@ -110,7 +112,7 @@ def saved_operating_point(checkpoint):
     the checkpoint's own run (the same settings and number of epochs); returns
     ``{"threshold", "temperature", "rule", "source"}``. The threshold applies to the model's own
     probabilities ``sigmoid(logit)``, which the predictor outputs; the temperature is recorded, not
-    applied (calibration moves no decision).
+    applied (calibration moves no decision). ``saved``: the checkpoint already read, if it was.
     """
     from utils.train import load_checkpoint
 
@@ -118,7 +120,7 @@ def saved_operating_point(checkpoint):
     if not path.is_file():
         return None
     metrics = json.loads(path.read_text())
-    saved = load_checkpoint(checkpoint)
+    saved = load_checkpoint(checkpoint) if saved is None else saved
     point = metrics.get("selection", {}).get("operating_point")
     same_run = (metrics.get("config") == saved["config"]
                 and len(metrics.get("selection", {}).get("history", [])) == saved.get("epoch"))

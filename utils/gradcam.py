@@ -15,7 +15,7 @@ import numpy as np
 import paddle
 
 from utils.course import eval_mode
-from utils.train import model_dtype
+from utils.resnet import model_dtype
 
 
 def grad_cam(model, image, label=1, stage=-1, scale=True):

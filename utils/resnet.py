@@ -39,6 +39,11 @@ STAGE_WIDTHS = (64, 128, 256, 512)
 SMALL_MAP_POSITIONS = 49
 
 
+def model_dtype(model):
+    """The dtype of ``model``'s parameters, as Paddle names it (``paddle.float32``)."""
+    return model.parameters()[0].dtype
+
+
 def conv2d_as_matmul(x, weight, stride=1, padding=0):
     """``F.conv2d(x, weight, stride=stride, padding=padding)`` (no bias, groups or dilation) as one
     matrix product over the whole batch: ``x [N, C, H, W]``, ``weight [O, C, k, k]``.

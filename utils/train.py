@@ -72,7 +72,7 @@ from tqdm import tqdm  # noqa: E402
 from utils import evaluation  # noqa: E402
 from utils.config import TrainConfig, add_config_flags, config_from_args, recipe_defaults  # noqa: E402
 from utils.palm import PalmDataset, class_counts, load_image, make_loader  # noqa: E402
-from utils.resnet import ResNet, load_pretrained  # noqa: E402
+from utils.resnet import ResNet, load_pretrained, model_dtype  # noqa: E402
 
 #: File names written into an output folder.
 LAST_CHECKPOINT = "last.pdparams"
@@ -111,11 +111,6 @@ def build_model(config):
     if config.dtype != "float32":
         model.to(dtype=config.dtype)
     return model
-
-
-def model_dtype(model):
-    """The dtype of ``model``'s parameters, as Paddle names it (``paddle.float32``)."""
-    return model.parameters()[0].dtype
 
 
 def build_schedule(config, steps_per_epoch):
@@ -332,7 +327,11 @@ def saved_settings(checkpoint):
 
 def load_model(path):
     """Rebuild the trained model from a checkpoint; returns ``(model in eval mode, config)``."""
-    checkpoint = load_checkpoint(path)
+    return model_from_checkpoint(load_checkpoint(path))
+
+
+def model_from_checkpoint(checkpoint):
+    """:func:`load_model` for a checkpoint already read (:func:`load_checkpoint`)."""
     config = TrainConfig(**saved_settings(checkpoint))
     # The checkpoint holds every weight: the ImageNet file it started from is not needed (nor read).
     model = build_model(dataclasses.replace(config, pretrained=None, normalization=config.normalization))
