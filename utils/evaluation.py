@@ -153,7 +153,6 @@ def wilson_interval(successes, total, level=0.95):
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-
 def difference_interval(successes_1, total_1, successes_2, total_2, level=0.95):
     """Newcombe's (1998, method 10) interval for the difference of two independent proportions
     ``p1 - p2``, built from their Wilson intervals. Returns ``(low, high)``.
@@ -179,6 +178,7 @@ def two_proportion_p(successes_1, total_1, successes_2, total_2):
     z = (successes_1 / total_1 - successes_2 / total_2) / math.sqrt(
         pooled * (1 - pooled) * (1 / total_1 + 1 / total_2))
     return math.erfc(abs(z) / math.sqrt(2))
+
 
 def bootstrap_interval(labels, scores, statistic, n_resamples=2000, level=0.95, seed=0):
     """Percentile interval of ``statistic(labels, scores)`` over a seeded stratified bootstrap.
